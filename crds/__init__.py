@@ -1,0 +1,1 @@
+"""The typed API of aistack: OllamaAgent and TaskOrchestration (group ai.stack, version v1alpha1)."""

@@ -1,0 +1,284 @@
+"""Token-aware chunking with exact token counts and exact character spans.
+
+Each document is encoded once. Chunks are cut at *safe boundaries*: positions where the
+encoding's pre-tokenizer (cl100k_base: ``'(?i:[sdmt]|ll|ve|re)|[^\\r\\n\\p{L}\\p{N}]?+\\p{L}++|
+\\p{N}{1,3}+| ?[^\\s\\p{L}\\p{N}]++[\\r\\n]*+|\\s++$|\\s*[\\r\\n]|\\s+(?!\\S)|\\s``) starts a new piece
+*and* would split the left part the same way on its own. There BPE never merges across the
+cut, so the tokens of ``text[a:b]`` are exactly the document's tokens between a and b, and a
+chunk's count is a subtraction, not a second encode. Two kinds of position qualify:
+
+* word/sentence: ``text[p-1]`` is not whitespace, ``text[p]`` is, and not (``text[p-1]`` is
+  punctuation and ``text[p]`` a newline: the punctuation piece swallows newlines);
+* line/paragraph: ``text[p-1]`` is a newline that ends its whitespace run's newlines, and a
+  non-whitespace character follows the run.
+
+Chunks prefer paragraph, then line, then sentence, then word boundaries; a span with no
+boundary within the budget is cut between tokens (at a character boundary) and re-counted.
+Encodings not proven additive get every chunk re-counted.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import regex
+
+from aistack.etl.encodings import DEFAULT_ENCODING, encoding_is_additive, load_encoding
+
+PARAGRAPH, LINE, SENTENCE, WORD = 3, 2, 1, 0
+_EDGE = 4  # the document's start and end
+_SENTENCE_ENDS = frozenset(".!?…。！？")
+_CLOSERS = frozenset("\"')]”’»")
+MIN_MAX_TOKENS = 8  # one code point can take up to 4 byte-level tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    index: int
+    start: int  # character offsets into the document text: text[start:end] == chunk text
+    end: int
+    text: str
+    token_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkingOptions:
+    max_tokens: int = 512
+    overlap_tokens: int = 64
+    encoding: str = DEFAULT_ENCODING
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < MIN_MAX_TOKENS:
+            raise ValueError(f"chunking.maxTokens must be at least {MIN_MAX_TOKENS}, got {self.max_tokens}")
+        if not 0 <= self.overlap_tokens < self.max_tokens:
+            raise ValueError(
+                f"chunking.overlapTokens must be >= 0 and < maxTokens ({self.max_tokens}), "
+                f"got {self.overlap_tokens}"
+            )
+
+
+_WS, _LN, _NL, _ENDER, _CLOSER = 1, 2, 4, 8, 16
+
+
+@functools.cache
+def _char_classes() -> np.ndarray:
+    """Per-code-point class bits: Unicode White_Space (as the Rust regex `\\s`), letter or
+    number, newline, sentence end, closing quote or bracket."""
+    every = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000)
+    offset = np.arange(0x110000 - 0x800)
+    offset[0xD800:] += 0x800  # positions in `every` skip the surrogate block
+    classes = np.zeros(0x110000, dtype=np.uint8)
+    for bit, pattern in ((_WS, r"[\p{White_Space}]+"), (_LN, r"[\p{L}\p{N}]+")):
+        for m in regex.finditer(pattern, every):
+            classes[offset[m.start()] : offset[m.end() - 1] + 1] |= bit
+    for bit, chars in ((_NL, "\r\n"), (_ENDER, _SENTENCE_ENDS), (_CLOSER, _CLOSERS)):
+        classes[[ord(c) for c in chars]] |= bit
+    return classes
+
+
+@functools.cache
+def _token_byte_lengths(encoding: str) -> np.ndarray:
+    enc = load_encoding(encoding)
+    lengths = np.zeros(enc.n_vocab, dtype=np.int64)
+    for token in range(enc.n_vocab):
+        try:
+            lengths[token] = len(enc.decode_single_token_bytes(token))
+        except KeyError:  # holes in the vocabulary
+            continue
+    return lengths
+
+
+class _Document:
+    """One document's code points, byte offsets, tokens and safe boundaries."""
+
+    def __init__(self, text: str, tokens: np.ndarray, byte_lengths: np.ndarray) -> None:
+        self.text = text
+        n = len(text)
+        if text.isascii():
+            cps = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+            self.char_bytes: np.ndarray | None = None  # char offset == byte offset
+        else:
+            cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+            widths = 1 + (cps >= 0x80).astype(np.int64) + (cps >= 0x800) + (cps >= 0x10000)
+            self.char_bytes = np.concatenate(([0], np.cumsum(widths)))
+        self.token_ends = np.cumsum(byte_lengths[tokens]) if len(tokens) else np.zeros(0, np.int64)
+        self.total_tokens = len(tokens)
+        self.positions, self.levels = self._boundaries(cps, n)
+        self.cum = self.tokens_before(self.positions)
+
+    def byte_of(self, pos: np.ndarray | int) -> np.ndarray | int:
+        return pos if self.char_bytes is None else self.char_bytes[pos]
+
+    def tokens_before(self, pos: np.ndarray) -> np.ndarray:
+        """Document tokens ending at or before each character position."""
+        return np.searchsorted(self.token_ends, self.byte_of(pos), side="right")
+
+    @staticmethod
+    def _boundaries(cps: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        cls = _char_classes()[cps]
+        ws, nl = (cls & _WS) != 0, (cls & _NL) != 0
+        # whitespace runs: starts s (text[s-1] non-space, text[s] space) and ends q (the reverse)
+        run_starts = np.flatnonzero(~ws[:-1] & ws[1:]) + 1
+        run_ends = np.flatnonzero(ws[:-1] & ~ws[1:]) + 1
+        # word/sentence boundaries: run starts, unless punctuation meets a newline
+        before, after = cls[run_starts - 1], cls[run_starts]
+        punct_newline = ((before & _LN) == 0) & ((after & _NL) != 0)
+        word_pos = run_starts[~punct_newline]
+        before = before[~punct_newline]
+        closer = ((before & _CLOSER) != 0) & (word_pos >= 2)
+        closer &= (cls[np.maximum(word_pos - 2, 0)] & _ENDER) != 0
+        word_level = np.where(((before & _ENDER) != 0) | closer, SENTENCE, WORD)
+        # line/paragraph boundaries: after the last newline of a whitespace run that
+        # is followed by a non-space character (not by the end of the text)
+        newline_at = np.flatnonzero(nl)
+        cand = newline_at + 1
+        cand = cand[cand < n]
+        k = np.searchsorted(run_ends, cand)
+        inside = k < len(run_ends)
+        cand, run_end = cand[inside], run_ends[k[inside]]
+        later = np.searchsorted(newline_at, cand)
+        later_newline = newline_at[np.minimum(later, len(newline_at) - 1)]
+        last_in_run = (later >= len(newline_at)) | (later_newline >= run_end)
+        cand = cand[last_in_run]
+        if ws[0]:
+            run_starts = np.concatenate(([0], run_starts))
+        run_start = run_starts[np.searchsorted(run_starts, cand - 1, side="right") - 1]
+        line_feeds = np.flatnonzero(cps == 10)
+        breaks = np.searchsorted(line_feeds, cand) - np.searchsorted(line_feeds, run_start)
+        line_level = np.where(breaks >= 2, PARAGRAPH, LINE)
+        positions = np.concatenate(([0], word_pos, cand, [n]))
+        levels = np.concatenate(([_EDGE], word_level, line_level, [_EDGE]))
+        order = np.argsort(positions, kind="stable")
+        positions, levels = positions[order], levels[order]
+        keep = np.concatenate(([True], positions[1:] != positions[:-1]))  # n == 0 collapses
+        return positions[keep], levels[keep]
+
+
+class Chunker:
+    """Splits documents into chunks of at most `max_tokens` tokens with `overlap_tokens` overlap."""
+
+    def __init__(self, options: ChunkingOptions | None = None, *, threads: int = 4) -> None:
+        self.options = options or ChunkingOptions()
+        self.encoding = load_encoding(self.options.encoding)
+        self.additive = encoding_is_additive(self.options.encoding)
+        self._byte_lengths = _token_byte_lengths(self.options.encoding)
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="aistack-tokenize")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> Chunker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _encode(self, text: str) -> np.ndarray:
+        return self.encoding.encode_to_numpy(text, disallowed_special=())
+
+    def count(self, text: str) -> int:
+        """Exact token count of `text` on its own."""
+        return len(self._encode(text))
+
+    def chunk(self, text: str) -> list[Chunk]:
+        return self.chunk_many([text])[0]
+
+    def chunk_many(self, texts: Sequence[str]) -> list[list[Chunk]]:
+        """Chunk several documents; tokenization runs on a thread pool (tiktoken drops the GIL)."""
+        token_arrays = list(self._pool.map(self._encode, texts))
+        return [
+            self._pack(_Document(text, tokens, self._byte_lengths)) if text else []
+            for text, tokens in zip(texts, token_arrays, strict=True)
+        ]
+
+    def _pack(self, doc: _Document) -> list[Chunk]:
+        opts = self.options
+        positions, levels, cum = doc.positions, doc.levels, doc.cum
+        last = len(positions) - 1
+        chunks: list[Chunk] = []
+        start_pos, start_idx = 0, 0
+        safe_start = True  # the start is a safe boundary (positions[start_idx])
+        min_end = 1  # index of the first boundary past the previous chunk's end
+        while start_pos < len(doc.text):
+            cum_start = int(cum[start_idx]) if safe_start else int(doc.tokens_before(np.array([start_pos]))[0])
+            far = int(np.searchsorted(cum, cum_start + opts.max_tokens, side="right")) - 1
+            lo = max(min_end, start_idx + 1 if safe_start else int(np.searchsorted(positions, start_pos, "right")))
+            if far >= lo:
+                end_idx = self._best_end(levels, cum, lo, far, cum_start)
+                end_pos = int(positions[end_idx])
+                exact = safe_start and self.additive
+                count = int(cum[end_idx]) - cum_start if exact else self.count(doc.text[start_pos:end_pos])
+                while count > opts.max_tokens and end_idx > lo:  # non-additive: step back
+                    end_idx -= 1
+                    end_pos = int(positions[end_idx])
+                    count = self.count(doc.text[start_pos:end_pos])
+                if count <= opts.max_tokens:
+                    chunks.append(Chunk(len(chunks), start_pos, end_pos, doc.text[start_pos:end_pos], count))
+                    if end_idx == last:
+                        break
+                    start_idx = self._overlap_start(cum, end_idx, start_idx if safe_start else end_idx)
+                    start_pos, safe_start, min_end = int(positions[start_idx]), True, end_idx + 1
+                    continue
+            # No boundary within the budget: cut between tokens at a character boundary.
+            end_pos, count = self._token_cut(doc, start_pos, cum_start)
+            chunks.append(Chunk(len(chunks), start_pos, end_pos, doc.text[start_pos:end_pos], count))
+            start_pos = end_pos
+            at = int(np.searchsorted(positions, start_pos))
+            safe_start = at <= last and int(positions[at]) == start_pos
+            start_idx = at if safe_start else 0
+            min_end = int(np.searchsorted(positions, start_pos, side="right"))
+        return chunks
+
+    def _best_end(self, levels: np.ndarray, cum: np.ndarray, lo: int, far: int, cum_start: int) -> int:
+        """The last boundary of the highest level that still fills at least half the budget."""
+        if levels[far] == _EDGE:
+            return far
+        window = levels[lo : far + 1]
+        filled = (cum[lo : far + 1] - cum_start) * 2 >= self.options.max_tokens
+        for level in (PARAGRAPH, LINE, SENTENCE):
+            hits = np.flatnonzero((window >= level) & filled)
+            if len(hits):
+                return lo + int(hits[-1])
+        return far
+
+    def _overlap_start(self, cum: np.ndarray, end_idx: int, start_idx: int) -> int:
+        """Earliest boundary after the chunk start whose suffix fits the overlap budget.
+
+        The budget also leaves room for the next segment, so the next chunk always advances.
+        """
+        next_segment = int(cum[end_idx + 1] - cum[end_idx])
+        budget = min(self.options.overlap_tokens, self.options.max_tokens - next_segment)
+        if budget <= 0:
+            return end_idx
+        k = int(np.searchsorted(cum, cum[end_idx] - budget, side="left"))
+        return min(max(k, start_idx + 1), end_idx)
+
+    def _token_cut(self, doc: _Document, start_pos: int, cum_start: int) -> tuple[int, int]:
+        """Longest prefix from `start_pos` that fits the budget, cut between two tokens."""
+        tokens = min(cum_start + self.options.max_tokens, doc.total_tokens)
+        text = doc.text
+        while True:
+            end_pos = self._char_at_token(doc, tokens, start_pos)
+            if end_pos > start_pos:
+                count = self.count(text[start_pos:end_pos])
+                if count <= self.options.max_tokens:
+                    return end_pos, count
+            if tokens <= cum_start + 1:
+                # A single character never exceeds MIN_MAX_TOKENS tokens.
+                end_pos = start_pos + 1
+                return end_pos, self.count(text[start_pos:end_pos])
+            tokens -= 1
+
+    @staticmethod
+    def _char_at_token(doc: _Document, tokens: int, start_pos: int) -> int:
+        """Character position at the end of the first `tokens` document tokens, rounded down."""
+        if tokens <= 0:
+            return start_pos
+        byte = int(doc.token_ends[tokens - 1])
+        if doc.char_bytes is None:
+            return byte
+        return int(np.searchsorted(doc.char_bytes, byte, side="right")) - 1

@@ -1,0 +1,1 @@
+"""Hera builders: step templates, TaskOrchestration -> Argo objects, the local runner."""

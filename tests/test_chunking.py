@@ -1,0 +1,94 @@
+"""Property tests: the chunker's guarantees on arbitrary Unicode."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aistack.etl.chunking import Chunker, ChunkingOptions
+from aistack.etl.encodings import load_encoding
+
+ENC = load_encoding("cl100k_base")
+
+# Prose-like text that exercises every boundary kind, plus fully arbitrary Unicode.
+_pieces = st.sampled_from(
+    ["the", "Token", "ünïcödé", "日本語のテキスト", "42", "1234567", "'s", ".", "!", "?", ",", "(", ")",
+     "\"", "”", "—", " ", "  ", "\t", "\n", "\n\n", "\r\n", " \n ", "\u00a0", "\u3000", "🙂", "e\u0301",
+     "<|endoftext|>", "x" * 40, "https://example.com/a/b?c=d"]
+)
+prose = st.lists(_pieces, max_size=120).map("".join)
+anything = st.text(max_size=400)
+texts = st.one_of(prose, anything)
+options = st.integers(8, 64).flatmap(
+    lambda m: st.builds(ChunkingOptions, max_tokens=st.just(m), overlap_tokens=st.integers(0, m - 1))
+)
+
+
+def _check(text: str, opts: ChunkingOptions) -> None:
+    chunker = Chunker(opts, threads=1)
+    chunks = chunker.chunk(text)
+    if not text:
+        assert chunks == []
+        return
+    assert chunks[0].start == 0 and chunks[-1].end == len(text), "the whole text is covered"
+    for i, c in enumerate(chunks):
+        assert c.index == i
+        assert text[c.start : c.end] == c.text, "span is exact"
+        assert c.text, "no empty chunk"
+        assert c.token_count == len(ENC.encode_ordinary(c.text)), "count is exact"
+        assert c.token_count <= opts.max_tokens, "never over budget"
+    for prev, nxt in zip(chunks, chunks[1:], strict=False):
+        assert prev.start < nxt.start <= prev.end < nxt.end, "advances with no gap"
+        shared = text[nxt.start : prev.end]
+        assert len(ENC.encode_ordinary(shared)) <= opts.overlap_tokens, "overlap within budget"
+    chunker.close()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=texts, opts=options)
+def test_chunk_guarantees_hold_on_arbitrary_text(text: str, opts: ChunkingOptions) -> None:
+    _check(text, opts)
+
+
+@settings(max_examples=60, deadline=None)
+@given(words=st.lists(st.sampled_from(["alpha", "beta", "gamma", "delta."]), min_size=200, max_size=400))
+def test_overlap_is_used_on_prose(words: list[str]) -> None:
+    text = " ".join(words)
+    opts = ChunkingOptions(max_tokens=40, overlap_tokens=10)
+    chunks = Chunker(opts, threads=1).chunk(text)
+    assert len(chunks) > 2
+    for prev, nxt in zip(chunks, chunks[1:], strict=False):
+        shared = len(ENC.encode_ordinary(text[nxt.start : prev.end]))
+        # words are 1-2 tokens, so the largest boundary-aligned suffix is within 2 of the budget
+        assert opts.overlap_tokens - 2 <= shared <= opts.overlap_tokens
+
+
+def test_prefers_paragraph_then_sentence_boundaries() -> None:
+    para = "One sentence here. Another sentence follows it. " * 6
+    text = (para.strip() + "\n\n") * 4
+    chunks = Chunker(ChunkingOptions(max_tokens=120, overlap_tokens=0)).chunk(text)
+    assert all(c.text.endswith("\n\n") or c.end == len(text) for c in chunks)
+    long_para = "Short words in a sentence. " * 40
+    chunks = Chunker(ChunkingOptions(max_tokens=50, overlap_tokens=0)).chunk(long_para)
+    assert all(c.text.endswith(".") or c.end == len(long_para) for c in chunks)
+
+
+def test_text_without_boundaries_is_cut_between_tokens() -> None:
+    text = "日本語" * 300 + "🙂" * 50
+    chunks = Chunker(ChunkingOptions(max_tokens=16, overlap_tokens=4)).chunk(text)
+    assert "".join(c.text for c in chunks) == text
+    assert all(0 < c.token_count <= 16 for c in chunks)
+
+
+def test_chunking_is_deterministic() -> None:
+    text = "Deterministic output. " * 500
+    a = Chunker(ChunkingOptions(64, 8)).chunk(text)
+    b = Chunker(ChunkingOptions(64, 8), threads=2).chunk_many([text, text])
+    assert a == b[0] == b[1]
+
+
+@pytest.mark.parametrize(("max_tokens", "overlap"), [(4, 0), (64, 64), (64, -1)])
+def test_bad_options_name_the_field(max_tokens: int, overlap: int) -> None:
+    with pytest.raises(ValueError, match=r"chunking\.(maxTokens|overlapTokens)"):
+        ChunkingOptions(max_tokens=max_tokens, overlap_tokens=overlap)
