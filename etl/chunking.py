@@ -204,9 +204,11 @@ class Chunker:
         safe_start = True  # the start is a safe boundary (positions[start_idx])
         min_end = 1  # index of the first boundary past the previous chunk's end
         while start_pos < len(doc.text):
-            cum_start = int(cum[start_idx]) if safe_start else int(doc.tokens_before(np.array([start_pos]))[0])
+            if safe_start:
+                cum_start, lo = int(cum[start_idx]), max(min_end, start_idx + 1)
+            else:
+                cum_start, lo = int(doc.tokens_before(np.array([start_pos]))[0]), min_end
             far = int(np.searchsorted(cum, cum_start + opts.max_tokens, side="right")) - 1
-            lo = max(min_end, start_idx + 1 if safe_start else int(np.searchsorted(positions, start_pos, "right")))
             if far >= lo:
                 end_idx = self._best_end(levels, cum, lo, far, cum_start)
                 end_pos = int(positions[end_idx])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -13,9 +15,38 @@ ENC = load_encoding("cl100k_base")
 
 # Prose-like text that exercises every boundary kind, plus fully arbitrary Unicode.
 _pieces = st.sampled_from(
-    ["the", "Token", "ünïcödé", "日本語のテキスト", "42", "1234567", "'s", ".", "!", "?", ",", "(", ")",
-     "\"", "”", "—", " ", "  ", "\t", "\n", "\n\n", "\r\n", " \n ", "\u00a0", "\u3000", "🙂", "e\u0301",
-     "<|endoftext|>", "x" * 40, "https://example.com/a/b?c=d"]
+    [
+        "the",
+        "Token",
+        "ünïcödé",
+        "日本語のテキスト",
+        "42",
+        "1234567",
+        "'s",
+        ".",
+        "!",
+        "?",
+        ",",
+        "(",
+        ")",
+        '"',
+        "”",
+        "—",
+        " ",
+        "  ",
+        "\t",
+        "\n",
+        "\n\n",
+        "\r\n",
+        " \n ",
+        "\u00a0",
+        "\u3000",
+        "🙂",
+        "e\u0301",
+        "<|endoftext|>",
+        "x" * 40,
+        "https://example.com/a/b?c=d",
+    ]
 )
 prose = st.lists(_pieces, max_size=120).map("".join)
 anything = st.text(max_size=400)
@@ -38,7 +69,7 @@ def _check(text: str, opts: ChunkingOptions) -> None:
         assert c.text, "no empty chunk"
         assert c.token_count == len(ENC.encode_ordinary(c.text)), "count is exact"
         assert c.token_count <= opts.max_tokens, "never over budget"
-    for prev, nxt in zip(chunks, chunks[1:], strict=False):
+    for prev, nxt in itertools.pairwise(chunks):
         assert prev.start < nxt.start <= prev.end < nxt.end, "advances with no gap"
         shared = text[nxt.start : prev.end]
         assert len(ENC.encode_ordinary(shared)) <= opts.overlap_tokens, "overlap within budget"
@@ -58,7 +89,7 @@ def test_overlap_is_used_on_prose(words: list[str]) -> None:
     opts = ChunkingOptions(max_tokens=40, overlap_tokens=10)
     chunks = Chunker(opts, threads=1).chunk(text)
     assert len(chunks) > 2
-    for prev, nxt in zip(chunks, chunks[1:], strict=False):
+    for prev, nxt in itertools.pairwise(chunks):
         shared = len(ENC.encode_ordinary(text[nxt.start : prev.end]))
         # words are 1-2 tokens, so the largest boundary-aligned suffix is within 2 of the budget
         assert opts.overlap_tokens - 2 <= shared <= opts.overlap_tokens
