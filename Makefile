@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make demo` (set up + run the main job) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+OUT ?= out/demo
+
+.PHONY: setup demo test lint format lock bench clean
+
+setup: $(VENV)/.installed
+
+# uv (from PyPI) installs the locked set in seconds; the project itself goes in editable.
+$(VENV)/.installed: pyproject.toml requirements-dev.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv>=0.4,<1"
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -r requirements-dev.lock
+	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e .
+	touch $@
+
+demo: setup
+	$(BIN)/aistack etl datasets/python-docs --out $(OUT)
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+lock:
+	$(BIN)/uv pip compile pyproject.toml --extra dev --quiet -o requirements-dev.lock
+
+bench: setup
+	$(BIN)/python benchmarks/etl_throughput.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from aistack.cli import app
+
+app(prog_name="aistack")

@@ -1,0 +1,132 @@
+"""The `aistack` command line."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from aistack import __version__
+
+app = typer.Typer(
+    name="aistack",
+    help="Batch LLM pipelines: chunk and tokenize corpora, run Ollama agents, land Parquet; locally or on Argo.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"aistack {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def fail(exc: BaseException) -> None:
+    """One clear line and exit code 1; the traceback only with --debug."""
+    if _state["debug"]:
+        traceback.print_exception(exc)
+    message = str(exc) or type(exc).__name__
+    console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    raise typer.Exit(1)
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+@app.command()
+def etl(
+    source: Annotated[str, typer.Argument(help="File, directory, glob, file:// or s3:// URI of the corpus.")],
+    out_uri: Annotated[
+        str, typer.Option("--out", help="Where to publish the tables: a path, file:// or s3://.")
+    ],
+    chunk_tokens: Annotated[int, typer.Option("--chunk-tokens", help="Max tokens per chunk.")] = 512,
+    overlap: Annotated[int, typer.Option("--overlap", help="Overlap between chunks, in tokens.")] = 64,
+    encoding: Annotated[str, typer.Option("--encoding", help="tiktoken encoding.")] = "cl100k_base",
+    text_field: Annotated[
+        str, typer.Option("--text-field", help="Text field of jsonl/csv/parquet.")
+    ] = "text",
+    max_document_mb: Annotated[
+        float, typer.Option("--max-document-mb", help="Larger documents are rejected.")
+    ] = 16,
+) -> None:
+    """Load, clean and chunk a corpus into documents/chunks/rejected Parquet tables."""
+    from aistack.etl.chunking import ChunkingOptions
+    from aistack.etl.job import EtlOptions, run_etl
+    from aistack.etl.loaders import LoaderOptions
+
+    try:
+        options = EtlOptions(
+            chunking=ChunkingOptions(chunk_tokens, overlap, encoding),
+            loader=LoaderOptions(
+                text_field=text_field, max_document_bytes=int(max_document_mb * 1024 * 1024)
+            ),
+        )
+        with progress_bar() as bar:
+            task = bar.add_task("etl", total=None)
+            summary = run_etl(
+                source,
+                out_uri,
+                options,
+                progress=lambda n: bar.advance(task, n),
+                on_start=lambda total: bar.update(task, total=total),
+            )
+    except Exception as exc:
+        fail(exc)
+        return
+    table = Table(title="ETL summary", show_header=False)
+    table.add_row("records in", f"{summary.records_in:,}")
+    table.add_row("documents", f"{summary.documents:,}")
+    table.add_row("chunks", f"{summary.chunks:,}")
+    table.add_row("tokens", f"{summary.tokens:,}")
+    rejected = ", ".join(f"{k}={v}" for k, v in sorted(summary.rejected.items())) or "none"
+    table.add_row("rejected", f"{summary.rejected_total:,} ({rejected})")
+    table.add_row(
+        "in = out + rejected", f"{summary.records_in} = {summary.documents} + {summary.rejected_total}"
+    )
+    table.add_row("throughput", f"{summary.mb_per_second:.1f} MB/s ({summary.seconds:.2f} s)")
+    table.add_row("output", summary.output)
+    out.print(table)
+
+
+def run() -> None:  # pragma: no cover - console entry
+    sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

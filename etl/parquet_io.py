@@ -1,0 +1,186 @@
+"""Parquet datasets on a storage URI, published atomically.
+
+A dataset is a directory of tables (`documents/`, `chunks/`, ...), each a set of Parquet
+part files (zstd, row groups bounded by rows and bytes so memory stays flat), and a
+`_manifest.json` written **last**. Readers go through the manifest, so they never see a
+partial dataset: a run that dies before publishing leaves the previous dataset intact.
+Part names carry the run id, so a re-run never overwrites a part a reader may be using.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from aistack.etl.errors import EtlError, StorageError
+from aistack.etl.storage import Storage, open_storage
+
+MANIFEST = "_manifest.json"
+MANIFEST_FORMAT = "aistack.dataset/v1"
+ROW_GROUP_ROWS = 65_536
+ROW_GROUP_BYTES = 32 * 1024 * 1024
+PART_BYTES = 512 * 1024 * 1024
+
+
+class TableWriter:
+    """Streams rows of one table into part files; buffers at most one row group."""
+
+    def __init__(self, storage: Storage, name: str, schema: pa.Schema, run_id: str) -> None:
+        self.storage, self.name, self.schema, self.run_id = storage, name, schema, run_id
+        self.files: list[str] = []
+        self.rows = 0
+        self._buffer: dict[str, list[Any]] = {f.name: [] for f in schema}
+        self._buffered_rows = 0
+        self._buffered_bytes = 0
+        self._part_bytes = 0
+        self._writer_cm: Any = None
+        self._writer: pq.ParquetWriter | None = None
+
+    def append(self, row: dict[str, Any], size_hint: int = 0) -> None:
+        for key, column in self._buffer.items():
+            column.append(row[key])
+        self._buffered_rows += 1
+        self._buffered_bytes += size_hint
+        if self._buffered_rows >= ROW_GROUP_ROWS or self._buffered_bytes >= ROW_GROUP_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffered_rows:
+            return
+        batch = pa.RecordBatch.from_pydict(self._buffer, schema=self.schema)
+        if self._writer is None:
+            key = f"{self.name}/part-{len(self.files):05d}-{self.run_id}.parquet"
+            self._writer_cm = self.storage.writer(key)
+            sink = self._writer_cm.__enter__()
+            self._writer = pq.ParquetWriter(sink, self.schema, compression="zstd")
+            self.files.append(key)
+            self._part_bytes = 0
+        self._writer.write_batch(batch)
+        self.rows += self._buffered_rows
+        self._part_bytes += self._buffered_bytes
+        for column in self._buffer.values():
+            column.clear()
+        self._buffered_rows = self._buffered_bytes = 0
+        if self._part_bytes >= PART_BYTES:
+            self._close_part()
+
+    def _close_part(self, exc: BaseException | None = None) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            finally:
+                self._writer = None
+                cm, self._writer_cm = self._writer_cm, None
+                if exc is None:
+                    cm.__exit__(None, None, None)
+                else:
+                    cm.__exit__(type(exc), exc, exc.__traceback__)
+
+    def close(self) -> None:
+        self.flush()
+        self._close_part()
+        if not self.files:  # an empty table is still a readable table
+            with self.storage.writer(f"{self.name}/part-00000-{self.run_id}.parquet") as sink:
+                pq.write_table(self.schema.empty_table(), sink, compression="zstd")
+            self.files.append(f"{self.name}/part-00000-{self.run_id}.parquet")
+
+    def abort(self, exc: BaseException) -> None:
+        self._close_part(exc)
+
+
+@dataclass
+class DatasetWriter:
+    """Writes the tables of one dataset and publishes them with a manifest."""
+
+    uri: str
+    run_id: str = field(default_factory=lambda: time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8])
+
+    def __post_init__(self) -> None:
+        self.storage = open_storage(self.uri)
+        self.tables: dict[str, TableWriter] = {}
+
+    def table(self, name: str, schema: pa.Schema) -> TableWriter:
+        self.tables[name] = TableWriter(self.storage, name, schema, self.run_id)
+        return self.tables[name]
+
+    def publish(self, summary: dict[str, Any]) -> str:
+        """Close every table, then write the manifest; returns the manifest's URI."""
+        for table in self.tables.values():
+            table.close()
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "run_id": self.run_id,
+            "tables": {
+                name: {
+                    "files": t.files,
+                    "rows": t.rows,
+                    "schema": t.schema.metadata[b"aistack.table"].decode(),
+                }
+                for name, t in self.tables.items()
+            },
+            "summary": summary,
+        }
+        previous = _read_manifest(self.storage) if self.storage.exists(MANIFEST) else None
+        self.storage.write_bytes(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+        if previous:  # parts of the replaced dataset are no longer reachable
+            current = {f for t in self.tables.values() for f in t.files}
+            for table in previous["tables"].values():
+                for key in table["files"]:
+                    if key not in current:
+                        self.storage.delete(key)
+        return self.storage.child(MANIFEST)
+
+    def abort(self, exc: BaseException) -> None:
+        """Close open parts after a failure; no manifest is written, so nothing is visible."""
+        for table in self.tables.values():
+            with contextlib.suppress(StorageError, OSError):  # the original failure is what gets reported
+                table.abort(exc)
+
+
+def _read_manifest(storage: Storage) -> dict[str, Any]:
+    try:
+        manifest = json.loads(storage.read_bytes(MANIFEST))
+    except json.JSONDecodeError as exc:
+        raise EtlError(f"{storage.child(MANIFEST)} is not valid JSON: {exc}") from exc
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise EtlError(f"{storage.child(MANIFEST)} is not an aistack dataset manifest")
+    return manifest
+
+
+def read_manifest(uri: str) -> dict[str, Any]:
+    storage = open_storage(uri)
+    if not storage.exists(MANIFEST):
+        raise EtlError(f"no published dataset at {uri}: {MANIFEST} is missing (the run did not finish?)")
+    return _read_manifest(storage)
+
+
+def iter_table(uri: str, name: str, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """Stream a published table's record batches."""
+    storage = open_storage(uri)
+    manifest = read_manifest(uri)
+    if name not in manifest["tables"]:
+        raise EtlError(f"dataset {uri} has no table {name!r}; it has {sorted(manifest['tables'])}")
+    for key in manifest["tables"][name]["files"]:
+        with storage.local_copy(key) as path:
+            yield from pq.ParquetFile(path).iter_batches(columns=columns)
+
+
+def read_table(uri: str, name: str, columns: list[str] | None = None) -> pa.Table:
+    """Read a whole published table (small tables and tests; stream big ones with iter_table)."""
+    storage = open_storage(uri)
+    manifest = read_manifest(uri)
+    if name not in manifest["tables"]:
+        raise EtlError(f"dataset {uri} has no table {name!r}; it has {sorted(manifest['tables'])}")
+    parts = []
+    for key in manifest["tables"][name]["files"]:
+        with storage.local_copy(key) as path:
+            parts.append(pq.read_table(path, columns=columns))
+    return pa.concat_tables(parts)

@@ -1,0 +1,231 @@
+"""Storage URIs: `file://` (or a plain path) and `s3://bucket/prefix`.
+
+S3 goes through boto3 with its standard retry mode; the endpoint can be overridden with
+the standard AWS variables (`AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`), so any
+S3-compatible store works. Writes are whole objects: a reader sees an object completely or
+not at all, which is what the dataset manifest (parquet_io.py) builds on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import functools
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol
+from urllib.parse import unquote, urlparse
+
+from aistack.etl.errors import EtlError, StorageError
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    key: str  # path relative to the storage root, '/'-separated
+    size: int
+
+
+class Storage(Protocol):
+    uri: str
+
+    def child(self, key: str) -> str: ...
+    def list(self, prefix: str = "") -> list[StoredObject]: ...
+    def exists(self, key: str) -> bool: ...
+    def read_bytes(self, key: str) -> bytes: ...
+    def local_copy(self, key: str) -> contextlib.AbstractContextManager[Path]: ...
+    def writer(self, key: str) -> contextlib.AbstractContextManager[IO[bytes]]: ...
+    def write_bytes(self, key: str, data: bytes) -> None: ...
+    def delete(self, key: str) -> None: ...
+
+
+class LocalStorage:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.uri = root.resolve().as_uri()
+
+    def _path(self, key: str) -> Path:
+        return self.root / key if key else self.root
+
+    def child(self, key: str) -> str:
+        return self._path(key).resolve().as_uri()
+
+    def list(self, prefix: str = "") -> list[StoredObject]:
+        base = self._path(prefix)
+        if base.is_file():
+            return [StoredObject(prefix, base.stat().st_size)]
+        if not base.is_dir():
+            return []
+        found = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if name.startswith("."):
+                    continue
+                path = Path(dirpath) / name
+                found.append(StoredObject(path.relative_to(self.root).as_posix(), path.stat().st_size))
+        return found
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.child(key)}: {exc.strerror or exc}") from exc
+
+    @contextlib.contextmanager
+    def local_copy(self, key: str) -> Iterator[Path]:
+        yield self._path(key)
+
+    @contextlib.contextmanager
+    def writer(self, key: str) -> Iterator[IO[bytes]]:
+        """Write to a temporary file beside the target and rename it into place on success."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                yield fh
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        with self.writer(key) as fh:
+            fh.write(data)
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(key).unlink()
+
+
+@functools.cache
+def s3_client():  # type: ignore[no-untyped-def]
+    """One boto3 S3 client per process (clients are thread-safe); standard retries."""
+    import boto3
+    from botocore.config import Config
+
+    attempts = int(os.environ.get("AWS_MAX_ATTEMPTS", "5"))
+    return boto3.client("s3", config=Config(retries={"mode": "standard", "max_attempts": attempts}))
+
+
+class S3Storage:
+    def __init__(self, bucket: str, prefix: str) -> None:
+        if not bucket:
+            raise EtlError("s3 URI has no bucket: expected s3://BUCKET/PREFIX")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}".strip("/") if self.prefix else key
+
+    def child(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def _fail(self, action: str, key: str, exc: Exception) -> StorageError:
+        return StorageError(f"cannot {action} {self.child(key)}: {exc}")
+
+    def list(self, prefix: str = "") -> list[StoredObject]:
+        full = self._key(prefix)
+        found: list[StoredObject] = []
+        try:
+            pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full)
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    rel = obj["Key"][len(self.prefix) :].lstrip("/") if self.prefix else obj["Key"]
+                    # a prefix matches whole path segments only, as a directory would
+                    if full and obj["Key"] != full and not obj["Key"].startswith(full.rstrip("/") + "/"):
+                        continue
+                    found.append(StoredObject(rel, int(obj["Size"])))
+        except Exception as exc:
+            raise self._fail("list", prefix, exc) from exc
+        return sorted(found, key=lambda o: o.key)
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            s3_client().head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise self._fail("stat", key, exc) from exc
+        except Exception as exc:
+            raise self._fail("stat", key, exc) from exc
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return s3_client().get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except Exception as exc:
+            raise self._fail("read", key, exc) from exc
+
+    @contextlib.contextmanager
+    def local_copy(self, key: str) -> Iterator[Path]:
+        with tempfile.TemporaryDirectory(prefix="aistack-s3-") as tmp:
+            path = Path(tmp) / Path(key).name
+            try:
+                s3_client().download_file(self.bucket, self._key(key), str(path))
+            except Exception as exc:
+                raise self._fail("download", key, exc) from exc
+            yield path
+
+    @contextlib.contextmanager
+    def writer(self, key: str) -> Iterator[IO[bytes]]:
+        """Spool to a local file, then upload it (multipart above 8 MB) as one object."""
+        with tempfile.TemporaryDirectory(prefix="aistack-s3-") as tmp:
+            path = Path(tmp) / "part"
+            with path.open("wb") as fh:
+                yield fh
+            try:
+                s3_client().upload_file(str(path), self.bucket, self._key(key))
+            except Exception as exc:
+                raise self._fail("upload", key, exc) from exc
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        try:
+            s3_client().put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        except Exception as exc:
+            raise self._fail("write", key, exc) from exc
+
+    def delete(self, key: str) -> None:
+        try:
+            s3_client().delete_object(Bucket=self.bucket, Key=self._key(key))
+        except Exception as exc:
+            raise self._fail("delete", key, exc) from exc
+
+
+def open_storage(uri: str) -> Storage:
+    """Storage for `file://PATH`, a plain local path, or `s3://BUCKET/PREFIX`."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        return S3Storage(parsed.netloc, parsed.path)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise EtlError(f"file URI {uri!r} names a host; use file:///absolute/path")
+        return LocalStorage(Path(unquote(parsed.path)))
+    if parsed.scheme in ("", "local") or (len(parsed.scheme) == 1 and os.name == "nt"):
+        return LocalStorage(Path(uri))
+    raise EtlError(f"unsupported storage URI {uri!r}: use file://PATH, a local path, or s3://BUCKET/PREFIX")
+
+
+def split_pattern(uri: str) -> tuple[str, str]:
+    """Split a source like `datasets/*.md` or `s3://b/p/**/*.html` into (root URI, glob)."""
+    parts = uri.split("/")
+    for i, part in enumerate(parts):
+        if any(ch in part for ch in "*?["):
+            return "/".join(parts[:i]) or ".", "/".join(parts[i:])
+    return uri, ""
+
+
+def matches(key: str, pattern: str) -> bool:
+    return not pattern or fnmatch.fnmatch(key, pattern) or fnmatch.fnmatch(key, pattern.replace("**/", ""))

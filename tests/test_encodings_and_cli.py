@@ -1,0 +1,69 @@
+"""Offline encodings and the CLI's contract: progress, summary, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from typer.testing import CliRunner
+
+from aistack.cli import app
+from aistack.etl.encodings import load_encoding
+from aistack.etl.errors import EncodingUnavailableError
+
+
+def test_cl100k_loads_with_no_network_and_an_empty_cache(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "TIKTOKEN_CACHE_DIR": str(tmp_path),  # nothing cached
+        "HTTPS_PROXY": "http://127.0.0.1:9",  # any download attempt fails at once
+        "HTTP_PROXY": "http://127.0.0.1:9",
+    }
+    code = (
+        "from aistack.etl.encodings import load_encoding as l; print(l('cl100k_base').encode('hello world'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[15339, 1917]"  # the official cl100k_base ids
+
+
+def test_unavailable_encodings_say_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TIKTOKEN_CACHE_DIR", raising=False)
+    with pytest.raises(
+        EncodingUnavailableError, match=r"'o200k_base' is not available offline.*TIKTOKEN_CACHE_DIR"
+    ):
+        load_encoding("o200k_base")
+    with pytest.raises(EncodingUnavailableError, match=r"unknown encoding 'nope'.*--encoding cl100k_base"):
+        load_encoding("nope")
+
+
+def test_cli_etl_prints_summary(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("Hello there. " * 200)
+    (src / "b.bin.txt").write_bytes(b"\x00" * 10)
+    result = CliRunner().invoke(
+        app, ["etl", str(src), "--out", str(tmp_path / "out"), "--chunk-tokens", "64", "--overlap", "8"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "ETL summary" in result.output
+    assert "2 = 1 + 1" in result.output  # in = out + rejected
+    assert "binary=1" in result.output
+
+
+def test_cli_errors_are_one_line_unless_debug(tmp_path: Path) -> None:
+    args = ["etl", str(ROOT / "datasets"), "--out", str(tmp_path), "--chunk-tokens", "16", "--overlap", "16"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    assert "error: chunking.overlapTokens must be >= 0 and < maxTokens (16), got 16" in result.output
+    assert "Traceback" not in result.output
+    debug = CliRunner().invoke(app, ["--debug", *args])
+    assert debug.exit_code == 1 and "Traceback" in debug.output
+
+
+def test_cli_help_and_version() -> None:
+    assert "etl" in CliRunner().invoke(app, ["--help"]).output
+    assert CliRunner().invoke(app, ["--version"]).output.startswith("aistack ")
