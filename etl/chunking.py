@@ -20,9 +20,13 @@ Encodings not proven additive get every chunk re-counted.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+import os
+from bisect import bisect_left, bisect_right
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import regex
@@ -33,7 +37,8 @@ PARAGRAPH, LINE, SENTENCE, WORD = 3, 2, 1, 0
 _EDGE = 4  # the document's start and end
 _SENTENCE_ENDS = frozenset(".!?…。！？")
 _CLOSERS = frozenset("\"')]”’»")
-MIN_MAX_TOKENS = 8  # one code point can take up to 4 byte-level tokens
+MIN_MAX_TOKENS = 8
+T = TypeVar("T")  # one code point can take up to 4 byte-level tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +113,10 @@ class _Document:
         self.token_ends = np.cumsum(byte_lengths[tokens]) if len(tokens) else np.zeros(0, np.int64)
         self.total_tokens = len(tokens)
         self.positions, self.levels = self._boundaries(cps, n)
-        self.cum = self.tokens_before(self.positions)
+        # tokens ending at or before each byte offset: one pass instead of a binary search per boundary
+        ends_at = np.zeros(int(self.token_ends[-1]) + 1 if len(tokens) else 1, dtype=np.int32)
+        ends_at[self.token_ends] = 1
+        self.cum = np.cumsum(ends_at, dtype=np.int32)[self.byte_of(self.positions)]
 
     def byte_of(self, pos: np.ndarray | int) -> np.ndarray | int:
         return pos if self.char_bytes is None else self.char_bytes[pos]
@@ -161,12 +169,12 @@ class _Document:
 class Chunker:
     """Splits documents into chunks of at most `max_tokens` tokens with `overlap_tokens` overlap."""
 
-    def __init__(self, options: ChunkingOptions | None = None, *, threads: int = 4) -> None:
+    def __init__(self, options: ChunkingOptions | None = None, *, threads: int | None = None) -> None:
         self.options = options or ChunkingOptions()
         self.encoding = load_encoding(self.options.encoding)
         self.additive = encoding_is_additive(self.options.encoding)
         self._byte_lengths = _token_byte_lengths(self.options.encoding)
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="aistack-tokenize")
+        self._pool = ThreadPoolExecutor(threads or os.cpu_count() or 2, thread_name_prefix="aistack-chunk")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -185,78 +193,97 @@ class Chunker:
         return len(self._encode(text))
 
     def chunk(self, text: str) -> list[Chunk]:
-        return self.chunk_many([text])[0]
+        """Chunk one document in the calling thread."""
+        return self._pack(_Document(text, self._encode(text), self._byte_lengths)) if text else []
 
     def chunk_many(self, texts: Sequence[str]) -> list[list[Chunk]]:
-        """Chunk several documents; tokenization runs on a thread pool (tiktoken drops the GIL)."""
-        token_arrays = list(self._pool.map(self._encode, texts))
-        return [
-            self._pack(_Document(text, tokens, self._byte_lengths)) if text else []
-            for text, tokens in zip(texts, token_arrays, strict=True)
-        ]
+        """Chunk several documents on the thread pool (tiktoken and numpy drop the GIL)."""
+        return list(self._pool.map(self.chunk, texts))
+
+    def chunk_stream(
+        self, items: Iterable[T], text_of: Callable[[T], str], window_bytes: int = 16 << 20
+    ) -> Iterator[tuple[T, list[Chunk]]]:
+        """Chunk a stream in order, keeping up to `window_bytes` of text in flight.
+
+        The caller's work on one result (writing Parquet) overlaps the chunking of the next.
+        """
+        pending: deque[tuple[T, int, Future[list[Chunk]]]] = deque()
+        in_flight = 0
+        for item in items:
+            text = text_of(item)
+            pending.append((item, len(text), self._pool.submit(self.chunk, text)))
+            in_flight += len(text)
+            while pending and (in_flight >= window_bytes or pending[0][2].done()):
+                done_item, size, future = pending.popleft()
+                in_flight -= size
+                yield done_item, future.result()
+        while pending:
+            done_item, _, future = pending.popleft()
+            yield done_item, future.result()
 
     def _pack(self, doc: _Document) -> list[Chunk]:
         opts = self.options
-        positions, levels, cum = doc.positions, doc.levels, doc.cum
+        text = doc.text
+        positions, levels = doc.positions.tolist(), doc.levels.tolist()
+        cum: list[int] = doc.cum.tolist()
+        # boundary indices at or above each preferred level, for O(log n) look-ups
+        by_level = {lv: np.flatnonzero(doc.levels >= lv).tolist() for lv in (PARAGRAPH, LINE, SENTENCE)}
         last = len(positions) - 1
+        half = (opts.max_tokens + 1) // 2
         chunks: list[Chunk] = []
         start_pos, start_idx = 0, 0
         safe_start = True  # the start is a safe boundary (positions[start_idx])
         min_end = 1  # index of the first boundary past the previous chunk's end
-        while start_pos < len(doc.text):
+        while start_pos < len(text):
             if safe_start:
-                cum_start, lo = int(cum[start_idx]), max(min_end, start_idx + 1)
+                cum_start, lo = cum[start_idx], max(min_end, start_idx + 1)
             else:
                 cum_start, lo = int(doc.tokens_before(np.array([start_pos]))[0]), min_end
-            far = int(np.searchsorted(cum, cum_start + opts.max_tokens, side="right")) - 1
+            far = bisect_right(cum, cum_start + opts.max_tokens) - 1
             if far >= lo:
-                end_idx = self._best_end(levels, cum, lo, far, cum_start)
-                end_pos = int(positions[end_idx])
+                end_idx = far
+                if levels[far] != _EDGE:  # prefer the highest level that fills half the budget
+                    filled = max(lo, bisect_left(cum, cum_start + half))
+                    for level in (PARAGRAPH, LINE, SENTENCE):
+                        idx = by_level[level]
+                        j = bisect_right(idx, far) - 1
+                        if j >= 0 and idx[j] >= filled:
+                            end_idx = idx[j]
+                            break
+                end_pos = positions[end_idx]
                 exact = safe_start and self.additive
-                count = int(cum[end_idx]) - cum_start if exact else self.count(doc.text[start_pos:end_pos])
+                count = cum[end_idx] - cum_start if exact else self.count(text[start_pos:end_pos])
                 while count > opts.max_tokens and end_idx > lo:  # non-additive: step back
                     end_idx -= 1
-                    end_pos = int(positions[end_idx])
-                    count = self.count(doc.text[start_pos:end_pos])
+                    end_pos = positions[end_idx]
+                    count = self.count(text[start_pos:end_pos])
                 if count <= opts.max_tokens:
-                    chunks.append(Chunk(len(chunks), start_pos, end_pos, doc.text[start_pos:end_pos], count))
+                    chunks.append(Chunk(len(chunks), start_pos, end_pos, text[start_pos:end_pos], count))
                     if end_idx == last:
                         break
                     start_idx = self._overlap_start(cum, end_idx, start_idx if safe_start else end_idx)
-                    start_pos, safe_start, min_end = int(positions[start_idx]), True, end_idx + 1
+                    start_pos, safe_start, min_end = positions[start_idx], True, end_idx + 1
                     continue
             # No boundary within the budget: cut between tokens at a character boundary.
             end_pos, count = self._token_cut(doc, start_pos, cum_start)
-            chunks.append(Chunk(len(chunks), start_pos, end_pos, doc.text[start_pos:end_pos], count))
+            chunks.append(Chunk(len(chunks), start_pos, end_pos, text[start_pos:end_pos], count))
             start_pos = end_pos
-            at = int(np.searchsorted(positions, start_pos))
-            safe_start = at <= last and int(positions[at]) == start_pos
+            at = bisect_left(positions, start_pos)
+            safe_start = at <= last and positions[at] == start_pos
             start_idx = at if safe_start else 0
-            min_end = int(np.searchsorted(positions, start_pos, side="right"))
+            min_end = bisect_right(positions, start_pos)
         return chunks
 
-    def _best_end(self, levels: np.ndarray, cum: np.ndarray, lo: int, far: int, cum_start: int) -> int:
-        """The last boundary of the highest level that still fills at least half the budget."""
-        if levels[far] == _EDGE:
-            return far
-        window = levels[lo : far + 1]
-        filled = (cum[lo : far + 1] - cum_start) * 2 >= self.options.max_tokens
-        for level in (PARAGRAPH, LINE, SENTENCE):
-            hits = np.flatnonzero((window >= level) & filled)
-            if len(hits):
-                return lo + int(hits[-1])
-        return far
-
-    def _overlap_start(self, cum: np.ndarray, end_idx: int, start_idx: int) -> int:
+    def _overlap_start(self, cum: list[int], end_idx: int, start_idx: int) -> int:
         """Earliest boundary after the chunk start whose suffix fits the overlap budget.
 
         The budget also leaves room for the next segment, so the next chunk always advances.
         """
-        next_segment = int(cum[end_idx + 1] - cum[end_idx])
+        next_segment = cum[end_idx + 1] - cum[end_idx]
         budget = min(self.options.overlap_tokens, self.options.max_tokens - next_segment)
         if budget <= 0:
             return end_idx
-        k = int(np.searchsorted(cum, cum[end_idx] - budget, side="left"))
+        k = bisect_left(cum, cum[end_idx] - budget)
         return min(max(k, start_idx + 1), end_idx)
 
     def _token_cut(self, doc: _Document, start_pos: int, cum_start: int) -> tuple[int, int]:

@@ -8,20 +8,26 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from aistack.etl.chunking import Chunker, ChunkingOptions
+from aistack.etl.chunking import Chunk, Chunker, ChunkingOptions
 from aistack.etl.cleaning import clean_text
-from aistack.etl.loaders import LoadedDocument, LoaderOptions, Rejection, list_sources, load
-from aistack.etl.parquet_io import DatasetWriter
+from aistack.etl.loaders import (
+    LoadedDocument,
+    LoaderOptions,
+    Record,
+    Rejection,
+    SourceFile,
+    list_sources,
+    load,
+)
+from aistack.etl.parquet_io import DatasetWriter, TableWriter
 from aistack.etl.schemas import CHUNKS, DOCUMENTS, REJECTED, chunk_id, doc_id
-
-BATCH_BYTES = 4 * 1024 * 1024  # documents tokenized together (on the chunker's threads)
 
 
 @dataclass(slots=True)
 class EtlOptions:
     chunking: ChunkingOptions = field(default_factory=ChunkingOptions)
     loader: LoaderOptions = field(default_factory=LoaderOptions)
-    threads: int = 4
+    threads: int | None = None  # chunking threads; default: one per core
 
 
 @dataclass(slots=True)
@@ -59,11 +65,44 @@ class EtlSummary:
 ProgressFn = Callable[[int], None]  # called with bytes of input consumed
 
 
-def _records(sources: list, options: LoaderOptions, progress: ProgressFn | None) -> Iterator:
+def _records(
+    sources: list[SourceFile], options: LoaderOptions, progress: ProgressFn | None
+) -> Iterator[Record]:
     for source in sources:
         yield from load(source, options)
         if progress:
             progress(source.obj.size)
+
+
+def write_document(
+    doc: LoadedDocument,
+    text: str,
+    doc_chunks: list[Chunk],
+    documents: TableWriter,
+    chunks: TableWriter,
+    encoding: str,
+) -> int:
+    """Append one chunked document's rows; returns its token total."""
+    did = doc_id(doc.source, text)
+    meta = json.dumps(doc.metadata, sort_keys=True, default=str)
+    documents.append(
+        {"doc_id": did, "source": doc.source, "text": text, "bytes": doc.bytes, "metadata": meta}, len(text)
+    )
+    tokens = 0
+    for c in doc_chunks:
+        row = {
+            "chunk_id": chunk_id(did, c.start, c.end),
+            "doc_id": did,
+            "index": c.index,
+            "text": c.text,
+            "token_count": c.token_count,
+            "start": c.start,
+            "end": c.end,
+            "encoding": encoding,
+        }
+        chunks.append(row, len(c.text))
+        tokens += c.token_count
+    return tokens
 
 
 def run_etl(
@@ -84,7 +123,6 @@ def run_etl(
     documents = dataset.table("documents", DOCUMENTS)
     chunks = dataset.table("chunks", CHUNKS)
     rejected = dataset.table("rejected", REJECTED)
-    encoding = options.chunking.encoding
     max_bytes = options.loader.max_document_bytes
 
     def reject(r: Rejection) -> None:
@@ -93,61 +131,33 @@ def run_etl(
             {"source": r.source, "stage": r.stage, "reason": r.reason, "message": r.message, "bytes": r.bytes}
         )
 
-    def flush(batch: list[tuple[LoadedDocument, str]], chunker: Chunker) -> None:
-        for (doc, text), doc_chunks in zip(batch, chunker.chunk_many([t for _, t in batch]), strict=True):
-            did = doc_id(doc.source, text)
-            meta = json.dumps(doc.metadata, sort_keys=True, default=str)
-            documents.append(
-                {"doc_id": did, "source": doc.source, "text": text, "bytes": doc.bytes, "metadata": meta},
-                len(text),
-            )
-            summary.documents += 1
-            for c in doc_chunks:
-                chunks.append(
-                    {
-                        "chunk_id": chunk_id(did, c.start, c.end),
-                        "doc_id": did,
-                        "index": c.index,
-                        "text": c.text,
-                        "token_count": c.token_count,
-                        "start": c.start,
-                        "end": c.end,
-                        "encoding": encoding,
-                    },
-                    len(c.text),
+    def cleaned(records: Iterator[Record]) -> Iterator[tuple[LoadedDocument, str]]:
+        for record in records:
+            summary.records_in += 1
+            summary.bytes_in += record.bytes
+            if isinstance(record, Rejection):
+                reject(record)
+            elif record.bytes > max_bytes:
+                message = f"{record.bytes} bytes exceeds max_document_bytes={max_bytes}"
+                reject(Rejection(record.source, "load", "too_large", message, record.bytes))
+            elif text := clean_text(record.text):
+                yield record, text
+            else:
+                reject(
+                    Rejection(record.source, "clean", "empty", "no text left after cleaning", record.bytes)
                 )
-                summary.tokens += c.token_count
-            summary.chunks += len(doc_chunks)
-        batch.clear()
 
     try:
         with Chunker(options.chunking, threads=options.threads) as chunker:
-            batch: list[tuple[LoadedDocument, str]] = []
-            batch_bytes = 0
-            for record in _records(sources, options.loader, progress):
-                summary.records_in += 1
-                summary.bytes_in += record.bytes
-                if isinstance(record, Rejection):
-                    reject(record)
-                    continue
-                if record.bytes > max_bytes:
-                    message = f"{record.bytes} bytes exceeds max_document_bytes={max_bytes}"
-                    reject(Rejection(record.source, "load", "too_large", message, record.bytes))
-                    continue
-                text = clean_text(record.text)
-                if not text:
-                    reject(
-                        Rejection(
-                            record.source, "clean", "empty", "no text left after cleaning", record.bytes
-                        )
-                    )
-                    continue
-                batch.append((record, text))
-                batch_bytes += len(text)
-                if batch_bytes >= BATCH_BYTES:
-                    flush(batch, chunker)
-                    batch_bytes = 0
-            flush(batch, chunker)
+            stream = chunker.chunk_stream(
+                cleaned(_records(sources, options.loader, progress)), lambda d: d[1]
+            )
+            for (doc, text), doc_chunks in stream:
+                summary.tokens += write_document(
+                    doc, text, doc_chunks, documents, chunks, chunker.options.encoding
+                )
+                summary.documents += 1
+                summary.chunks += len(doc_chunks)
         summary.seconds = time.perf_counter() - started
         assert summary.records_in == summary.documents + summary.rejected_total  # in = out + rejected
         summary.manifest = dataset.publish(summary.as_dict())
