@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -122,6 +123,58 @@ def etl(
     table.add_row("throughput", f"{summary.mb_per_second:.1f} MB/s ({summary.seconds:.2f} s)")
     table.add_row("output", summary.output)
     out.print(table)
+
+
+crds_app = typer.Typer(help="The OllamaAgent and TaskOrchestration CRDs.", no_args_is_help=True)
+app.add_typer(crds_app, name="crds")
+
+
+@crds_app.command("generate")
+def crds_generate(
+    check: Annotated[bool, typer.Option("--check", help="Write nothing; exit 1 if a file is stale.")] = False,
+) -> None:
+    """Regenerate crds/*.yaml and docs/ollama-crd-spec.md from the pydantic models."""
+    from aistack.crds import docs, schema
+
+    stale = [str(p) for p in schema.generate(check=check)]
+    if docs.generate(check=check):
+        stale.append(str(docs.DOC_PATH))
+    verb = "stale" if check else "written"
+    for path in stale:
+        out.print(f"{verb}: {path}")
+    if not stale:
+        out.print("up to date")
+    if check and stale:
+        raise typer.Exit(1)
+
+
+@app.command()
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="YAML files of OllamaAgent/TaskOrchestration objects.")],
+) -> None:
+    """Check custom resources offline against the CRD schemas and CEL rules, as the API server would."""
+    from aistack.crds.validation import load_file, validate_object
+
+    failed = False
+    for path in files:
+        try:
+            documents = load_file(path)
+        except (OSError, ValueError) as exc:
+            console.print(f"[red]{path}: {exc}[/]", highlight=False, soft_wrap=True)
+            failed = True
+            continue
+        for doc in documents:
+            kind = doc.get("kind", "?") if isinstance(doc, dict) else "?"
+            name = (doc.get("metadata") or {}).get("name", "?") if isinstance(doc, dict) else "?"
+            issues = validate_object(doc)
+            if issues:
+                failed = True
+                for issue in issues:
+                    out.print(f"[red]{path}: {kind}/{name}: {issue}[/]", highlight=False, soft_wrap=True)
+            else:
+                out.print(f"{path}: {kind}/{name}: valid", highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
 
 
 def run() -> None:  # pragma: no cover - console entry
