@@ -166,6 +166,35 @@ class _Document:
         return positions[keep], levels[keep]
 
 
+BLOCK_CHARS = 1 << 18
+_BLOCK_CUTS = (
+    regex.compile(r"\n[^\S\r\n]*[\r\n][\p{White_Space}]*(?=[^\p{White_Space}])"),  # paragraph
+    regex.compile(r"[\r\n][\p{White_Space}]*(?=[^\p{White_Space}])"),  # line
+    regex.compile(r"(?<=[\p{L}\p{N}])(?=[\p{White_Space}])"),  # word
+)
+
+
+def _blocks(text: str, size: int) -> Iterator[tuple[int, int]]:
+    """Spans of about `size` characters that end at safe boundaries (see the module doc)."""
+    start, n = 0, len(text)
+    while n - start > size:
+        cut = None
+        for pattern in _BLOCK_CUTS:
+            m = pattern.search(text, start + size // 2, start + size)
+            if m:
+                run = m.group()
+                # a line/paragraph cut goes after the run's last newline, a word cut before the space
+                last_nl = max(run.rfind("\n"), run.rfind("\r"))
+                cut = m.start() + last_nl + 1 if last_nl >= 0 else m.start()
+                break
+        if cut is None or cut <= start:
+            break  # no boundary at all: the rest is one block
+        yield start, cut
+        start = cut
+    if start < n:
+        yield start, n
+
+
 class Chunker:
     """Splits documents into chunks of at most `max_tokens` tokens with `overlap_tokens` overlap."""
 
@@ -193,15 +222,25 @@ class Chunker:
         return len(self._encode(text))
 
     def chunk(self, text: str) -> list[Chunk]:
-        """Chunk one document in the calling thread."""
-        return self._pack(_Document(text, self._encode(text), self._byte_lengths)) if text else []
+        """Chunk one document in the calling thread.
+
+        Long documents are processed in blocks cut at paragraph (else line, else word)
+        boundaries, so memory follows the block size, not the document size; no chunk spans
+        two blocks.
+        """
+        chunks: list[Chunk] = []
+        for start, end in _blocks(text, BLOCK_CHARS):
+            block = text[start:end]
+            for c in self._pack(_Document(block, self._encode(block), self._byte_lengths)):
+                chunks.append(Chunk(len(chunks), c.start + start, c.end + start, c.text, c.token_count))
+        return chunks
 
     def chunk_many(self, texts: Sequence[str]) -> list[list[Chunk]]:
         """Chunk several documents on the thread pool (tiktoken and numpy drop the GIL)."""
         return list(self._pool.map(self.chunk, texts))
 
     def chunk_stream(
-        self, items: Iterable[T], text_of: Callable[[T], str], window_bytes: int = 16 << 20
+        self, items: Iterable[T], text_of: Callable[[T], str], window_bytes: int = 8 << 20
     ) -> Iterator[tuple[T, list[Chunk]]]:
         """Chunk a stream in order, keeping up to `window_bytes` of text in flight.
 

@@ -61,3 +61,37 @@ def doc_id(source: str, text: str) -> str:
 def chunk_id(document_id: str, start: int, end: int) -> str:
     """Stable id of a chunk: hash of its document id and character span."""
     return _digest("chunk", document_id, str(start), str(end))
+
+
+RESULTS = pa.schema(
+    [
+        pa.field("result_id", pa.string(), nullable=False),  # hash of stage + input ids (+ turn)
+        pa.field("input_ids", pa.list_(pa.string()), nullable=False),  # chunk / result ids consumed
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("mode", pa.string(), nullable=False),  # map | reduce | chat
+        pa.field("level", pa.int32(), nullable=False),  # reduce level or chat turn
+        pa.field("agent", pa.string(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("model_digest", pa.string(), nullable=False),
+        pa.field("role", pa.string(), nullable=False),
+        pa.field("prompt_hash", pa.string(), nullable=False),
+        pa.field("response", pa.large_string(), nullable=True),  # text, or JSON text for JSON contracts
+        pa.field("prompt_tokens", pa.int64(), nullable=False),
+        pa.field("eval_tokens", pa.int64(), nullable=False),
+        pa.field("total_duration_ns", pa.int64(), nullable=False),
+        pa.field("load_duration_ns", pa.int64(), nullable=False),
+        pa.field("prompt_eval_duration_ns", pa.int64(), nullable=False),
+        pa.field("eval_duration_ns", pa.int64(), nullable=False),
+        pa.field("attempts", pa.int32(), nullable=False),  # HTTP attempts including retries
+        pa.field("cached", pa.bool_(), nullable=False),
+        pa.field("final", pa.bool_(), nullable=False),  # the stage's output record(s)
+        pa.field("error", pa.string(), nullable=True),  # dead letter: why there is no response
+    ],
+    metadata={"aistack.table": "results"},
+)
+SCHEMAS["results"] = RESULTS
+
+
+def content_hash(*parts: str) -> str:
+    """Stable hash of arbitrary strings (prompt templates, inputs, cache keys)."""
+    return _digest(*parts)

@@ -123,3 +123,17 @@ def test_chunking_is_deterministic() -> None:
 def test_bad_options_name_the_field(max_tokens: int, overlap: int) -> None:
     with pytest.raises(ValueError, match=r"chunking\.(maxTokens|overlapTokens)"):
         ChunkingOptions(max_tokens=max_tokens, overlap_tokens=overlap)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=texts, opts=options)
+def test_guarantees_hold_across_blocks(text: str, opts: ChunkingOptions) -> None:
+    """Long documents are chunked block by block; shrink the block so every example crosses some."""
+    from aistack.etl import chunking
+
+    saved = chunking.BLOCK_CHARS
+    chunking.BLOCK_CHARS = 48
+    try:
+        _check(text, opts)
+    finally:
+        chunking.BLOCK_CHARS = saved

@@ -1,0 +1,76 @@
+"""The agent step: read records from a published dataset, run one stage, publish `results`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from aistack.etl.parquet_io import DatasetWriter, iter_table
+from aistack.etl.schemas import RESULTS
+from aistack.steps.model_client import ModelClient, ResultCache, RetryPolicy
+from aistack.steps.stages import InputRecord, ProgressFn, StageFailedError, StageOutcome, StageSpec, run_stage
+
+
+def read_records(uri: str, table: str) -> Iterator[InputRecord]:
+    """Chunks (`chunk_id`, `text`) or the final, successful rows of a previous stage's results."""
+    if table == "chunks":
+        for batch in iter_table(uri, "chunks", ["chunk_id", "text"]):
+            for cid, text in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
+                yield InputRecord(cid, text)
+    elif table == "results":
+        for batch in iter_table(uri, "results", ["result_id", "response", "final", "error"]):
+            rows = zip(*(batch.column(i).to_pylist() for i in range(4)), strict=True)
+            for rid, response, final, error in rows:
+                if final and error is None:
+                    yield InputRecord(rid, response)
+    else:
+        raise ValueError(f"cannot read records from table {table!r}: use chunks or results")
+
+
+@dataclass
+class AgentStepOptions:
+    host: str
+    cache_uri: str | None = None
+    concurrency: int | None = None  # default: the agent's numParallel
+    timeout: float = 600.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    summary: dict[str, object] = field(default_factory=dict)
+
+
+def run_agent_step(
+    stage: StageSpec,
+    records: list[InputRecord] | Iterator[InputRecord],
+    out_uri: str,
+    options: AgentStepOptions,
+    progress: ProgressFn | None = None,
+) -> StageOutcome:
+    """Run `stage` and publish its rows at `out_uri`; raise StageFailedError past the budget."""
+
+    async def go() -> tuple[StageOutcome, dict[str, int]]:
+        cache = ResultCache(options.cache_uri) if options.cache_uri else None
+        client = ModelClient(
+            options.host,
+            concurrency=options.concurrency or stage.agent.num_parallel,
+            timeout=options.timeout,
+            retry=options.retry,
+            cache=cache,
+        )
+        try:
+            outcome = await run_stage(client, stage, records, progress)
+        finally:
+            await client.close()
+        return outcome, dict(client.stats)
+
+    outcome, stats = asyncio.run(go())
+    dataset = DatasetWriter(out_uri)
+    results = dataset.table("results", RESULTS)
+    for row in outcome.rows:
+        results.append(row, len(row["response"] or ""))
+    dataset.publish({**options.summary, "stage": stage.name, **outcome.totals(), "client": stats})
+    if outcome.over_budget(stage.error_budget_percent):
+        raise StageFailedError(
+            f"stage {stage.name!r}: {outcome.errors} of {outcome.attempted} records failed, over the "
+            f"{stage.error_budget_percent}% error budget; results (with the errors) are at {out_uri}"
+        )
+    return outcome

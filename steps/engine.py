@@ -1,0 +1,211 @@
+"""The embedded model server's engine: small, deterministic, CPU-only and extractive.
+
+It is not a language model. It reads the labelled sections of aistack's role prompts
+(`### Question`, `### Labels`, `### Output`, `### Context`, `### Conversation so far`) and
+answers by quoting: extractive summaries (sentences scored by term frequency), question
+answering by retrieval (the context sentences that best match the question, or a refusal
+when none does), label scoring for classification, and schema-filling for JSON output (always
+valid for the schema it was given). Same input, same output.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from typing import Any
+
+ENGINE_VERSION = "1"
+REFUSAL = "The context does not contain the answer."
+_SECTION = re.compile(r"^### (Question|Labels|Output|Context|Conversation so far)\n", re.MULTILINE)
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])|\n{2,}")
+_WORD = re.compile(r"[A-Za-z0-9]+(?:'[a-z]+)?")
+_ROLE = re.compile(r"You are aistack's (\w+) agent")
+_STOP = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "can",
+        "do",
+        "does",
+        "for",
+        "from",
+        "has",
+        "have",
+        "how",
+        "i",
+        "in",
+        "is",
+        "it",
+        "its",
+        "of",
+        "on",
+        "or",
+        "that",
+        "the",
+        "this",
+        "to",
+        "was",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "will",
+        "with",
+        "you",
+        "your",
+        "not",
+        "no",
+        "yes",
+    ]
+)
+
+
+def words(text: str) -> list[str]:
+    return [w for w in (m.group().lower() for m in _WORD.finditer(text)) if w not in _STOP]
+
+
+def sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE.split(text) if s and len(s.strip()) > 1]
+
+
+def sections(prompt: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    matches = list(_SECTION.finditer(prompt))
+    for i, m in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(prompt)
+        found[m.group(1)] = prompt[m.end() : end].strip()
+    if not matches:
+        found["Context"] = prompt.strip()
+    return found
+
+
+def _budget(text: str, max_words: int) -> str:
+    out = text.split()
+    return text if len(out) <= max_words else " ".join(out[:max_words]) + " …"
+
+
+def summarize(text: str, max_sentences: int = 3) -> str:
+    """The highest-scoring sentences (term frequency, length-normalised), in document order."""
+    sents = sentences(text)
+    if len(sents) <= max_sentences:
+        return " ".join(sents) or text.strip()
+    freq = Counter(words(text))
+    scored = []
+    for i, s in enumerate(sents):
+        ws = words(s)
+        score = sum(freq[w] for w in set(ws)) / math.sqrt(len(ws) + 1) if ws else 0.0
+        scored.append((score, -i, s))
+    best = sorted(scored, reverse=True)[:max_sentences]
+    return " ".join(s for _, i, s in sorted(best, key=lambda t: -t[1]))
+
+
+def answer(question: str, context: str) -> str:
+    """Quote the context sentences that best cover the question's terms, or refuse."""
+    q = set(words(question))
+    if not q:
+        return REFUSAL
+    scored = []
+    for i, s in enumerate(sentences(context)):
+        overlap = q & set(words(s))
+        scored.append((len(overlap) / len(q), -i, s))
+    scored.sort(reverse=True)
+    if not scored or scored[0][0] < 0.5:
+        return REFUSAL
+    chosen = [t for t in scored[:2] if t[0] >= max(0.5, scored[0][0] - 0.25)]
+    return " ".join(f'"{s}"' for _, _, s in sorted(chosen, key=lambda t: -t[1]))
+
+
+def best_label(labels: list[str], text: str) -> tuple[str, str]:
+    """The label whose words occur most often in the text (ties: the first label)."""
+    freq = Counter(words(text))
+    scores = [(sum(freq[w] for w in words(label)) + 0.0, -i, label) for i, label in enumerate(labels)]
+    score, _, label = max(scores)
+    hits = [w for w in words(label) if freq[w]]
+    reason = (
+        f"The text mentions {', '.join(hits)}."
+        if hits and score
+        else "No label term occurs; first label chosen."
+    )
+    return label, reason
+
+
+def fill_schema(schema: dict[str, Any], text: str, name: str = "") -> Any:
+    """A value valid for `schema`, taken from the text where the schema allows."""
+    kind = schema.get("type")
+    if "enum" in schema:
+        return (
+            best_label([str(v) for v in schema["enum"]], text + " " + name)[0]
+            if all(isinstance(v, str) for v in schema["enum"])
+            else schema["enum"][0]
+        )
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or "properties" in schema:
+        props = schema.get("properties", {})
+        return {key: fill_schema(sub, text, key) for key, sub in props.items()}
+    if kind == "array":
+        count = max(1, int(schema.get("minItems", 1)))
+        return [fill_schema(schema.get("items", {}), text, name) for _ in range(count)]
+    if kind in ("integer", "number"):
+        found = re.search(r"-?\d+(?:\.\d+)?", text)
+        value: float = float(found.group()) if found else 0.0
+        lo, hi = schema.get("minimum"), schema.get("maximum")
+        value = max(value, lo) if lo is not None else value
+        value = min(value, hi) if hi is not None else value
+        return int(value) if kind == "integer" else value
+    if kind == "boolean":
+        return bool(set(words(name)) & set(words(text))) if name else True
+    if kind == "null":
+        return None
+    # string: the sentence that best matches the field name, within the length limits
+    key = set(words(name.replace("_", " ")))
+    sents = sentences(text) or [text.strip() or name]
+    best = max(sents, key=lambda s: (len(key & set(words(s))), -sents.index(s)))
+    lo, hi = int(schema.get("minLength", 0)), schema.get("maxLength")
+    best = best[: int(hi)] if hi is not None else best
+    return best.ljust(lo, ".")
+
+
+def respond(prompt: str, system: str = "", json_format: Any = None, max_words: int = 120) -> str:
+    """The engine's answer to one request (the chat's messages flattened, or a prompt)."""
+    parts = sections(prompt)
+    context = parts.get("Context", "")
+    role = (m.group(1) if (m := _ROLE.search(system + "\n" + prompt)) else "summarizer").lower()
+    if isinstance(json_format, dict) or json_format == "json":
+        schema = json_format if isinstance(json_format, dict) else {"type": "object"}
+        if role == "classifier" and parts.get("Labels"):
+            labels = [line[2:].strip() for line in parts["Labels"].splitlines() if line.startswith("- ")]
+            label, reason = best_label(labels, context)
+            value: Any = {"label": label, "reason": reason}
+            # honour the caller's schema even if it is not the classifier's usual one
+            if set(schema.get("properties", {})) != {"label", "reason"}:
+                value = fill_schema(schema, context)
+        else:
+            value = fill_schema(schema, context)
+        return json.dumps(value, ensure_ascii=False)
+    conversation = parts.get("Conversation so far", "")
+    if role == "qna":
+        return answer(parts.get("Question", ""), context)
+    if role == "judge":
+        return "Verdict: " + _budget(summarize(conversation or context, 2), max_words)
+    if role == "assistant":
+        said = set(words(conversation))
+        fresh = [s for s in sentences(context) if set(words(s)) - said]
+        topic = set(words(parts.get("Question", "") + " " + conversation[-400:]))
+        if not fresh:
+            return "I have nothing to add: the context's points have all been made."
+        pick = max(fresh, key=lambda s: (len(topic & set(words(s))), -fresh.index(s)))
+        return _budget(pick, max_words)
+    return _budget(summarize(context), max_words)

@@ -1,0 +1,260 @@
+"""The one way aistack calls a model: the official `ollama.AsyncClient`, with bounded
+concurrency, timeouts, retries and a result cache.
+
+- Retries: exponential backoff with full jitter on connection errors, timeouts, dropped
+  connections, 429, 5xx and in-stream errors; never on other 4xx (an unknown model is a clear
+  error naming the model and the host).
+- Cache: keyed by (model digest from the server, prompt hash, options, input hash). A hit
+  makes no call; identical calls in flight share one request; a changed digest misses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import ollama
+
+from aistack.etl.errors import StorageError
+from aistack.etl.schemas import content_hash
+from aistack.etl.storage import Storage, open_storage
+
+RETRYABLE_STATUS = frozenset({-1, 408, 429, 500, 502, 503, 504})
+
+
+class ModelCallError(Exception):
+    """A call that cannot succeed (bad request, unknown model) or ran out of retries."""
+
+    def __init__(self, message: str, *, retryable: bool = False, attempts: int = 1) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.attempts = attempts
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 6
+    base_seconds: float = 0.2
+    max_seconds: float = 10.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Full-jitter exponential backoff for the given 1-based failed attempt."""
+        return rng.uniform(0, min(self.max_seconds, self.base_seconds * 2 ** (attempt - 1)))
+
+
+@dataclass
+class CallResult:
+    content: str
+    prompt_tokens: int = 0
+    eval_tokens: int = 0
+    total_duration_ns: int = 0
+    load_duration_ns: int = 0
+    prompt_eval_duration_ns: int = 0
+    eval_duration_ns: int = 0
+    done_reason: str = ""
+    attempts: int = 1
+    cached: bool = False
+
+    def to_json(self) -> bytes:
+        data = {k: v for k, v in self.__dict__.items() if k not in ("attempts", "cached")}
+        return json.dumps(data, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> CallResult:
+        return cls(**json.loads(raw), attempts=0, cached=True)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    digest: str
+    context_length: int | None
+
+
+class ResultCache:
+    """Call results as small JSON objects under a storage URI (local or s3://)."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.storage: Storage = open_storage(uri)
+
+    @staticmethod
+    def key(digest: str, prompt_hash: str, options: dict[str, Any], input_hash: str, fmt: Any) -> str:
+        return content_hash(
+            digest,
+            prompt_hash,
+            json.dumps(options, sort_keys=True),
+            input_hash,
+            json.dumps(fmt, sort_keys=True),
+        )
+
+    def _path(self, key: str) -> str:
+        return f"{key[:2]}/{key}.json"
+
+    def get(self, key: str) -> CallResult | None:
+        path = self._path(key)
+        try:
+            if not self.storage.exists(path):
+                return None
+            return CallResult.from_json(self.storage.read_bytes(path))
+        except (StorageError, ValueError, TypeError):
+            return None  # an unreadable entry is a miss, recomputed and overwritten
+
+    def put(self, key: str, result: CallResult) -> None:
+        self.storage.write_bytes(self._path(key), result.to_json())
+
+
+@dataclass
+class ModelClient:
+    """Calls one Ollama host. Thread-affine: create it inside the event loop that uses it."""
+
+    host: str
+    concurrency: int = 4
+    timeout: float = 600.0  # must exceed a cold model load (ollama/ollama#7408)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    cache: ResultCache | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self._client = ollama.AsyncClient(host=self.host, timeout=self.timeout)
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._rng = random.Random(self.seed)
+        self._inflight: dict[str, asyncio.Future[CallResult]] = {}
+        self._models: dict[str, ModelInfo] = {}
+        self.stats: Counter[str] = Counter()
+
+    async def close(self) -> None:
+        await self._client._client.aclose()
+
+    def _describe(self, exc: BaseException) -> str:
+        if isinstance(exc, ollama.ResponseError):
+            return f"HTTP {exc.status_code}: {exc.error}"
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+    @staticmethod
+    def _retryable(exc: BaseException) -> bool:
+        if isinstance(exc, ollama.ResponseError):
+            return exc.status_code in RETRYABLE_STATUS
+        return isinstance(exc, ConnectionError | httpx.TransportError | asyncio.TimeoutError)
+
+    async def _with_retries(self, what: str, call: Any) -> tuple[Any, int]:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await call(), attempt
+            except Exception as exc:
+                if not self._retryable(exc):
+                    raise ModelCallError(
+                        f"{what} at {self.host} failed: {self._describe(exc)}", attempts=attempt
+                    ) from exc
+                self.stats["retries"] += 1
+                if attempt >= self.retry.attempts:
+                    raise ModelCallError(
+                        f"{what} at {self.host} failed after {attempt} attempts: {self._describe(exc)}",
+                        retryable=True,
+                        attempts=attempt,
+                    ) from exc
+                await asyncio.sleep(self.retry.delay(attempt, self._rng))
+
+    async def model_info(self, model: str) -> ModelInfo:
+        """Digest (for the cache key) and context length (for chunk sizing) of a model."""
+        if model in self._models:
+            return self._models[model]
+        listing, _ = await self._with_retries("listing models", self._client.list)
+        wanted = model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
+        entry = next((m for m in listing.models if m.model in (model, wanted)), None)
+        if entry is None:
+            names = ", ".join(sorted(m.model or "" for m in listing.models)) or "none"
+            raise ModelCallError(
+                f"model {model!r} is not available at {self.host} (it has: {names}); pull it first"
+            )
+        show, _ = await self._with_retries(f"showing model {model!r}", lambda: self._client.show(model))
+        context = None
+        for key, value in (show.modelinfo or {}).items():
+            if key.endswith(".context_length") and isinstance(value, int):
+                context = value
+        info = ModelInfo(model, entry.digest or "", context)
+        self._models[model] = info
+        return info
+
+    async def chat(
+        self,
+        model: str,
+        messages: list[dict[str, str]],
+        *,
+        options: dict[str, Any] | None = None,
+        fmt: Any = None,
+        keep_alive: str | None = None,
+        prompt_hash: str = "",
+        input_hash: str = "",
+    ) -> CallResult:
+        """One chat call through the cache; retried; concurrent identical calls are merged."""
+        options = options or {}
+        key = None
+        if self.cache is not None:
+            info = await self.model_info(model)
+            key = ResultCache.key(
+                info.digest, prompt_hash, options, input_hash or content_hash(json.dumps(messages)), fmt
+            )
+            if (hit := await asyncio.to_thread(self.cache.get, key)) is not None:
+                self.stats["cache_hits"] += 1
+                return hit
+            if key in self._inflight:
+                self.stats["merged"] += 1
+                return await asyncio.shield(self._inflight[key])
+            future: asyncio.Future[CallResult] = asyncio.get_running_loop().create_future()
+            self._inflight[key] = future
+        try:
+            result = await self._call(model, messages, options, fmt, keep_alive)
+            if key is not None and self.cache is not None:
+                await asyncio.to_thread(self.cache.put, key, result)
+                future.set_result(result)
+            return result
+        except BaseException as exc:
+            if key is not None:
+                future.set_exception(exc)
+                future.exception()  # retrieved: merged waiters re-raise it, nobody else must
+            raise
+        finally:
+            if key is not None:
+                self._inflight.pop(key, None)
+
+    async def _call(
+        self,
+        model: str,
+        messages: list[dict[str, str]],
+        options: dict[str, Any],
+        fmt: Any,
+        keep_alive: str | None,
+    ) -> CallResult:
+        async def once() -> Any:
+            async with self._slots:
+                self.stats["requests"] += 1
+                return await self._client.chat(
+                    model=model,
+                    messages=messages,
+                    options=options or None,
+                    format=fmt,
+                    keep_alive=keep_alive,
+                    stream=False,
+                )
+
+        response, attempts = await self._with_retries(f"model {model!r}", once)
+        self.stats["calls"] += 1
+        return CallResult(
+            content=response.message.content or "",
+            prompt_tokens=response.prompt_eval_count or 0,
+            eval_tokens=response.eval_count or 0,
+            total_duration_ns=response.total_duration or 0,
+            load_duration_ns=response.load_duration or 0,
+            prompt_eval_duration_ns=response.prompt_eval_duration or 0,
+            eval_duration_ns=response.eval_duration or 0,
+            done_reason=response.done_reason or "",
+            attempts=attempts,
+        )
