@@ -35,6 +35,7 @@ lock:
 
 bench: setup
 	$(BIN)/python benchmarks/etl_throughput.py
+	$(BIN)/python benchmarks/agent_throughput.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache

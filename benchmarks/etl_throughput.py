@@ -66,18 +66,25 @@ def aistack_chunk_write(docs: list[str], out: str) -> None:
     dataset.publish({})
 
 
-def peak_rss_mb(corpus_mb: int) -> float:
-    """Peak RSS of `aistack etl` (a child process) over a generated corpus of `corpus_mb` MB."""
+def peak_rss_mb(corpus_mb: int, doc_mb: float) -> float:
+    """Peak RSS of `aistack etl` (a child process) over `corpus_mb` MB of files of ~`doc_mb` MB.
+
+    Files are the bundled documents (varied), concatenated up to `doc_mb`: 0 keeps each
+    document its own file (typical sizes, tens of KB), 8 makes 8 MB documents (a worst case:
+    a document is held whole, at 1-4 bytes per character).
+    """
+    docs = corpus(8)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "src"
         src.mkdir()
-        base = "\n\n".join(corpus(8))
-        written, i = 0, 0
+        written, i, buffer = 0, 0, ""
         while written < corpus_mb * 1e6:
-            piece = f"File {i}.\n\n" + base
-            (src / f"part{i:05d}.txt").write_text(piece)
-            written += len(piece.encode())
+            buffer += f"File {i}.\n\n" + docs[i % len(docs)] + "\n\n"
             i += 1
+            if len(buffer) >= doc_mb * 1e6:
+                (src / f"part{i:06d}.txt").write_text(buffer)
+                written += len(buffer.encode())
+                buffer = ""
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         subprocess.run(
             [sys.executable, "-m", "aistack", "etl", str(src), "--out", str(Path(tmp) / "out")],

@@ -73,13 +73,14 @@ _WS, _LN, _NL, _ENDER, _CLOSER = 1, 2, 4, 8, 16
 def _char_classes() -> np.ndarray:
     """Per-code-point class bits: Unicode White_Space (as the Rust regex `\\s`), letter or
     number, newline, sentence end, closing quote or bracket."""
-    every = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000)
-    offset = np.arange(0x110000 - 0x800)
-    offset[0xD800:] += 0x800  # positions in `every` skip the surrogate block
     classes = np.zeros(0x110000, dtype=np.uint8)
-    for bit, pattern in ((_WS, r"[\p{White_Space}]+"), (_LN, r"[\p{L}\p{N}]+")):
-        for m in regex.finditer(pattern, every):
-            classes[offset[m.start()] : offset[m.end() - 1] + 1] |= bit
+    patterns = ((_WS, regex.compile(r"[\p{White_Space}]+")), (_LN, regex.compile(r"[\p{L}\p{N}]+")))
+    for base in range(0, 0x110000, 0x10000):  # a plane at a time keeps the peak small
+        codes = [c for c in range(base, base + 0x10000) if not 0xD800 <= c < 0xE000]
+        plane = "".join(map(chr, codes))
+        for bit, pattern in patterns:
+            for m in pattern.finditer(plane):
+                classes[codes[m.start()] : codes[m.end() - 1] + 1] |= bit
     for bit, chars in ((_NL, "\r\n"), (_ENDER, _SENTENCE_ENDS), (_CLOSER, _CLOSERS)):
         classes[[ord(c) for c in chars]] |= bit
     return classes
@@ -221,6 +222,19 @@ class Chunker:
         """Exact token count of `text` on its own."""
         return len(self._encode(text))
 
+    def _chunk_block(self, text: str, start: int, end: int) -> list[Chunk]:
+        block = text[start:end]
+        return self._pack(_Document(block, self._encode(block), self._byte_lengths))
+
+    @staticmethod
+    def _join(blocks: Iterable[tuple[int, list[Chunk]]]) -> list[Chunk]:
+        """Chunks of consecutive blocks as one document's chunks (offsets and indexes fixed)."""
+        chunks: list[Chunk] = []
+        for start, block_chunks in blocks:
+            for c in block_chunks:
+                chunks.append(Chunk(len(chunks), c.start + start, c.end + start, c.text, c.token_count))
+        return chunks
+
     def chunk(self, text: str) -> list[Chunk]:
         """Chunk one document in the calling thread.
 
@@ -228,37 +242,40 @@ class Chunker:
         boundaries, so memory follows the block size, not the document size; no chunk spans
         two blocks.
         """
-        chunks: list[Chunk] = []
-        for start, end in _blocks(text, BLOCK_CHARS):
-            block = text[start:end]
-            for c in self._pack(_Document(block, self._encode(block), self._byte_lengths)):
-                chunks.append(Chunk(len(chunks), c.start + start, c.end + start, c.text, c.token_count))
-        return chunks
+        return self._join((s, self._chunk_block(text, s, e)) for s, e in _blocks(text, BLOCK_CHARS))
 
     def chunk_many(self, texts: Sequence[str]) -> list[list[Chunk]]:
         """Chunk several documents on the thread pool (tiktoken and numpy drop the GIL)."""
-        return list(self._pool.map(self.chunk, texts))
+        return [chunks for _, chunks in self.chunk_stream(texts, lambda t: t)]
 
     def chunk_stream(
-        self, items: Iterable[T], text_of: Callable[[T], str], window_bytes: int = 8 << 20
+        self, items: Iterable[T], text_of: Callable[[T], str], window_bytes: int = 4 << 20
     ) -> Iterator[tuple[T, list[Chunk]]]:
-        """Chunk a stream in order, keeping up to `window_bytes` of text in flight.
+        """Chunk a stream in order, with up to `window_bytes` of blocks in flight on the pool.
 
-        The caller's work on one result (writing Parquet) overlaps the chunking of the next.
+        Blocks of one long document run in parallel, and the caller's work on a finished
+        document (writing Parquet) overlaps the chunking of the next ones.
         """
-        pending: deque[tuple[T, int, Future[list[Chunk]]]] = deque()
+        pending: deque[tuple[T, list[tuple[int, int, Future[list[Chunk]]]]]] = deque()
         in_flight = 0
+
+        def finish() -> tuple[T, list[Chunk]]:
+            nonlocal in_flight
+            item, parts = pending.popleft()
+            in_flight -= sum(size for _, size, _ in parts)
+            return item, self._join((start, f.result()) for start, _, f in parts)
+
         for item in items:
             text = text_of(item)
-            pending.append((item, len(text), self._pool.submit(self.chunk, text)))
-            in_flight += len(text)
-            while pending and (in_flight >= window_bytes or pending[0][2].done()):
-                done_item, size, future = pending.popleft()
-                in_flight -= size
-                yield done_item, future.result()
+            parts = []
+            for start, end in _blocks(text, BLOCK_CHARS):
+                parts.append((start, end - start, self._pool.submit(self._chunk_block, text, start, end)))
+                in_flight += end - start
+            pending.append((item, parts))
+            while pending and (in_flight >= window_bytes or all(f.done() for _, _, f in pending[0][1])):
+                yield finish()
         while pending:
-            done_item, _, future = pending.popleft()
-            yield done_item, future.result()
+            yield finish()
 
     def _pack(self, doc: _Document) -> list[Chunk]:
         opts = self.options

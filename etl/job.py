@@ -141,6 +141,7 @@ def run_etl(
                 message = f"{record.bytes} bytes exceeds max_document_bytes={max_bytes}"
                 reject(Rejection(record.source, "load", "too_large", message, record.bytes))
             elif text := clean_text(record.text):
+                record.text = ""  # only the cleaned text is kept from here on: memory stays flat
                 yield record, text
             else:
                 reject(

@@ -26,7 +26,7 @@ from aistack.etl.storage import Storage, open_storage
 MANIFEST = "_manifest.json"
 MANIFEST_FORMAT = "aistack.dataset/v1"
 ROW_GROUP_ROWS = 65_536
-ROW_GROUP_BYTES = 32 * 1024 * 1024
+ROW_GROUP_BYTES = 8 * 1024 * 1024
 PART_BYTES = 512 * 1024 * 1024
 
 

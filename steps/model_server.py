@@ -280,9 +280,7 @@ class EmbeddedModelServer:
                 if name not in self._loaded:
                     load_ns = 1_000_000
                 self._loaded[name] = time.time()
-                delay = self.faults.latency + (self.faults.slow_seconds if fault == "slow" else 0.0)
-                if delay:
-                    await asyncio.sleep(delay)
+                slot_started = time.perf_counter()
                 if not prompt.strip() and not system.strip():
                     return self._final(request, body, name, chat, "", started, load_ns, 0, "load")
                 options = body.get("options") or {}
@@ -295,6 +293,11 @@ class EmbeddedModelServer:
                     if len(tokens) > num_predict:
                         content, reason = enc.decode(tokens[:num_predict]), "length"
                 prompt_tokens = len(load_encoding().encode_ordinary(system + prompt))
+                # `latency` is the whole time a generation holds its slot, compute included
+                delay = self.faults.latency + (self.faults.slow_seconds if fault == "slow" else 0.0)
+                remaining = delay - (time.perf_counter() - slot_started)
+                if remaining > 0:
+                    await asyncio.sleep(remaining)
         finally:
             self._pending -= 1
         if body.get("stream", True) is False:
