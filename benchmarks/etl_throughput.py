@@ -5,7 +5,7 @@ All runs happen in this process, on the same corpus and cores, so the ratios are
 `encode_ordinary_batch`, >= 2x chonkie's TokenChunker (when installed), and peak RSS of
 `aistack etl` over a 1 GB corpus <= 400 MB (`--rss-mb 1024`).
 
-    python benchmarks/etl_throughput.py [--mb 32] [--repeat 3] [--rss-mb 0]
+    python benchmarks/etl_throughput.py [--mb 32] [--repeat 3] [--rss-mb 0] [--rss-doc-mb 0]
 """
 
 from __future__ import annotations
@@ -102,6 +102,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
         "--rss-mb", type=int, default=0, help="also measure peak RSS over a corpus this large"
+    )
+    parser.add_argument(
+        "--rss-doc-mb", type=float, default=0, help="document size of that corpus (0: as bundled)"
     )
     args = parser.parse_args()
 
