@@ -1,4 +1,4 @@
-# Two commands on a fresh machine: `make demo` (set up + run the main job) and `make test`.
+# Two commands on a fresh machine: `make demo` (set up + run the question-answering example) and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml requirements-dev.lock
 	touch $@
 
 demo: setup
-	$(BIN)/aistack etl datasets/python-docs --out $(OUT)
+	$(BIN)/aistack run examples/question-answering/task.yaml --out file://$(CURDIR)/$(OUT)
 
 test: setup
 	$(BIN)/ruff check .

@@ -224,6 +224,106 @@ def models_serve(
         fail(exc)
 
 
+@app.command("run")
+def run_command(
+    task_file: Annotated[Path, typer.Argument(help="A TaskOrchestration YAML file.")],
+    agents: Annotated[
+        Path | None, typer.Option(help="OllamaAgents YAML (default: agents.yaml beside the task).")
+    ] = None,
+    out_uri: Annotated[
+        str | None, typer.Option("--out", help="Outputs root (default: ./out/<task>); replaces outputTarget.")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Parallel shards.")] = 4,
+) -> None:
+    """Run a task on this machine: the compiled graph, with Ollama or the embedded model server."""
+    import json as _json
+
+    from aistack.etl.storage import open_storage
+    from aistack.pipelines.local import load_task, run_task
+
+    try:
+        task, agent_objs = load_task(task_file, agents)
+        from rich.progress import SpinnerColumn, TimeElapsedColumn
+
+        steps = Progress(
+            SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(), console=console
+        )
+        with steps as bar:
+            ids: dict[str, int] = {}
+
+            def on_task(name: str, state: str) -> None:
+                if state == "started":
+                    ids[name] = bar.add_task(name, total=1)
+                else:
+                    bar.update(ids[name], completed=1)
+
+            result = run_task(task, agent_objs, out_uri, workers, on_event=console.print, on_task=on_task)
+        summary = _json.loads(open_storage(result.outputs).read_bytes("summary.json"))
+    except Exception as exc:
+        fail(exc)
+        return
+    table = Table(title=f"{task.metadata.name}: run {result.name}", show_header=False)
+    table.add_row("documents / chunks", f"{summary['etl']['documents']:,} / {summary['etl']['chunks']:,}")
+    for name, st in summary["stages"].items():
+        table.add_row(
+            f"stage {name}", f"{st['rows']:,} records, {st['cached']:,} cached, {st['errors']:,} errors"
+        )
+    table.add_row("tokens (prompt / eval)", f"{summary['prompt_tokens']:,} / {summary['eval_tokens']:,}")
+    table.add_row("model server", f"{result.host}{' (embedded engine)' if result.embedded else ''}")
+    table.add_row("time", f"{result.seconds:.1f} s")
+    table.add_row("outputs", result.outputs)
+    out.print(table)
+    if task.spec.question:
+        out.print(f"[bold]Q:[/] {task.spec.question}", highlight=False)
+    for answer in summary["outputs"][:3]:
+        out.print(f"[bold]A:[/] {answer}", highlight=False, soft_wrap=True)
+
+
+@app.command("compile")
+def compile_command(
+    task_file: Annotated[Path | None, typer.Argument(help="A TaskOrchestration YAML file.")] = None,
+    agents: Annotated[
+        Path | None, typer.Option(help="OllamaAgents YAML (default: agents.yaml beside the task).")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write the YAML here (default: stdout).")
+    ] = None,
+    all_examples: Annotated[bool, typer.Option("--all", help="Regenerate argo/ from examples/.")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="With --all: write nothing, fail if argo/ is stale.")
+    ] = False,
+) -> None:
+    """Compile a task to an Argo Workflow (or CronWorkflow) YAML, ready for kubectl create / argo submit."""
+    from aistack.pipelines.compile import compile_task
+    from aistack.pipelines.examples import regenerate_argo
+    from aistack.pipelines.local import load_task
+
+    try:
+        if all_examples:
+            stale = regenerate_argo(check=check)
+            for path in stale:
+                out.print(f"{'stale' if check else 'written'}: {path}")
+            if check and stale:
+                raise typer.Exit(1)
+            if not stale:
+                out.print("argo/ is up to date")
+            return
+        if task_file is None:
+            raise ValueError("give a TASK file, or --all")
+        task, agent_objs = load_task(task_file, agents)
+        text = compile_task(task, agent_objs).to_yaml()
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        fail(exc)
+        return
+    if output:
+        output.write_text(text)
+        console.print(f"wrote {output}")
+    else:
+        sys.stdout.write(text)
+
+
 def run() -> None:  # pragma: no cover - console entry
     sys.exit(app())
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from aistack.etl.parquet_io import DatasetWriter, iter_table
 from aistack.etl.schemas import RESULTS
 from aistack.steps.model_client import ModelClient, ResultCache, RetryPolicy
+from aistack.steps.roles import NO_ANSWER
 from aistack.steps.stages import InputRecord, ProgressFn, StageFailedError, StageOutcome, StageSpec, run_stage
 
 
@@ -19,10 +20,12 @@ def read_records(uri: str, table: str) -> Iterator[InputRecord]:
             for cid, text in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
                 yield InputRecord(cid, text)
     elif table == "results":
-        for batch in iter_table(uri, "results", ["result_id", "response", "final", "error"]):
-            rows = zip(*(batch.column(i).to_pylist() for i in range(4)), strict=True)
-            for rid, response, final, error in rows:
-                if final and error is None:
+        columns = ["result_id", "response", "final", "error", "role"]
+        for batch in iter_table(uri, "results", columns):
+            rows = zip(*(batch.column(i).to_pylist() for i in range(len(columns))), strict=True)
+            for rid, response, final, error, role_name in rows:
+                # a Q&A agent's "no answer" carries nothing for the next stage
+                if final and error is None and not (role_name == "qna" and response.strip() == NO_ANSWER):
                     yield InputRecord(rid, response)
     else:
         raise ValueError(f"cannot read records from table {table!r}: use chunks or results")

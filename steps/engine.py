@@ -16,8 +16,8 @@ import re
 from collections import Counter
 from typing import Any
 
-ENGINE_VERSION = "1"
-REFUSAL = "The context does not contain the answer."
+ENGINE_VERSION = "2"  # part of every model digest: bump when answers change
+REFUSAL = "The context does not contain the answer."  # = roles.NO_ANSWER
 _SECTION = re.compile(r"^### (Question|Labels|Output|Context|Conversation so far)\n", re.MULTILINE)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])|\n{2,}")
 _WORD = re.compile(r"[A-Za-z0-9]+(?:'[a-z]+)?")
@@ -70,8 +70,13 @@ _STOP = frozenset(
 )
 
 
+def _stem(word: str) -> str:
+    """A light plural/verb -s stemmer, enough to match "consists" with "consist"."""
+    return word[:-1] if len(word) > 4 and word.endswith("s") and not word.endswith("ss") else word
+
+
 def words(text: str) -> list[str]:
-    return [w for w in (m.group().lower() for m in _WORD.finditer(text)) if w not in _STOP]
+    return [_stem(w) for w in (m.group().lower() for m in _WORD.finditer(text)) if w not in _STOP]
 
 
 def sentences(text: str) -> list[str]:
@@ -122,7 +127,7 @@ def answer(question: str, context: str) -> str:
     if not scored or scored[0][0] < 0.5:
         return REFUSAL
     chosen = [t for t in scored[:2] if t[0] >= max(0.5, scored[0][0] - 0.25)]
-    return " ".join(f'"{s}"' for _, _, s in sorted(chosen, key=lambda t: -t[1]))
+    return " ".join(f'"{s.strip(chr(34))}"' for _, _, s in sorted(chosen, key=lambda t: -t[1]))
 
 
 def best_label(labels: list[str], text: str) -> tuple[str, str]:

@@ -107,6 +107,7 @@ class Role:
         return value, None
 
 
+NO_ANSWER = "The context does not contain the answer."
 _SYSTEM = "You are aistack's {role} agent. Follow the instruction exactly and use only the given context."
 
 ROLES: dict[str, Role] = {
@@ -124,7 +125,7 @@ ROLES: dict[str, Role] = {
             "1",
             _SYSTEM.format(role="qna"),
             "Answer the question using only the context. Quote the sentences that support the answer. "
-            "If the context does not contain the answer, reply exactly: The context does not contain the answer.",
+            f"If the context does not contain the answer, reply exactly: {NO_ANSWER}",
             answer_tokens=256,
         ),
         Role(

@@ -144,7 +144,7 @@ def test_cache_second_run_makes_no_calls_and_invalidates_on_change(
         )
         run(_stage(server.url, changed, records(12), cache=cache))
         assert server.stats["generations"] == calls + 12, "a changed prompt calls again"
-    monkeypatch.setattr(engine, "ENGINE_VERSION", "2")  # a new model digest
+    monkeypatch.setattr(engine, "ENGINE_VERSION", engine.ENGINE_VERSION + "-next")  # a new model digest
     with EmbeddedModelServer(models=["llama3"]) as server:
         run(_stage(server.url, stage, records(12), cache=cache))
         assert server.stats["generations"] == 12, "a changed model digest calls again"

@@ -1,0 +1,237 @@
+"""The functions each workflow step runs, in a pod (through Hera's runner) or locally.
+
+Steps pass references, never bulk text: each takes the run's URI and writes Parquet datasets
+under it, at fixed places, so a 10-million-chunk run compiles to the same small Workflow as a
+10-chunk one:
+
+    <run>/input/...                 inline input text, when the task has `inputText`
+    <run>/etl/                      documents, chunks, rejected (one dataset)
+    <run>/stages/<stage>/shard-N/   results of one shard of a stage (one dataset each)
+    <outputTarget>/<run id>/        the published outputs and summary.json
+"""
+
+# No `from __future__ import annotations`: Hera reads these functions' real parameter types.
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from aistack.crds.models import OllamaAgentSpec, Stage, TaskOrchestrationSpec
+from aistack.etl.chunking import ChunkingOptions
+from aistack.etl.job import EtlOptions, run_etl
+from aistack.etl.loaders import LoaderOptions
+from aistack.etl.parquet_io import DatasetWriter, read_manifest, read_table
+from aistack.etl.schemas import RESULTS
+from aistack.etl.storage import open_storage
+from aistack.steps.agent_step import AgentStepOptions, read_records, run_agent_step
+from aistack.steps.roles import AgentConfig, StageSettings, options_from_env
+from aistack.steps.stages import InputRecord, StageSpec
+
+DATASETS_DIR = Path(__file__).resolve().parent.parent / "datasets"
+CHUNKS_PER_SHARD = 64  # below this a shard is not worth a pod
+
+
+def _spec(task: str) -> TaskOrchestrationSpec:
+    return TaskOrchestrationSpec.model_validate_json(task)
+
+
+def _agents(agents: str) -> dict[str, OllamaAgentSpec]:
+    return {name: OllamaAgentSpec.model_validate(spec) for name, spec in json.loads(agents).items()}
+
+
+def stage_uri(run_uri: str, stage: str, shard: int) -> str:
+    return f"{run_uri.rstrip('/')}/stages/{stage}/shard-{shard}"
+
+
+def input_source(spec: TaskOrchestrationSpec, run_uri: str) -> str:
+    """Where the ETL reads from: the input URI, a bundled dataset, or the inline text."""
+    if spec.input is not None and spec.input.uri:
+        return spec.input.uri
+    if spec.input is not None and spec.input.dataset:
+        path = DATASETS_DIR / spec.input.dataset
+        if not path.is_dir():
+            raise ValueError(
+                f"unknown dataset {spec.input.dataset!r}; bundled: {sorted(p.name for p in DATASETS_DIR.iterdir() if p.is_dir())}"
+            )
+        return str(path)
+    storage = open_storage(f"{run_uri.rstrip('/')}/input")
+    storage.write_bytes("input.txt", (spec.input_text or "").encode())
+    return storage.child("input.txt")
+
+
+def ingest(task: str, run_uri: str) -> str:
+    """Load, clean and chunk the task's input; returns the dataset URI."""
+    spec = _spec(task)
+    options = EtlOptions(
+        chunking=ChunkingOptions(
+            spec.chunking.max_tokens, spec.chunking.overlap_tokens, spec.chunking.encoding
+        ),
+        loader=LoaderOptions(text_field=spec.input.text_field if spec.input else "text"),
+    )
+    out = f"{run_uri.rstrip('/')}/etl"
+    run_etl(input_source(spec, run_uri), out, options)
+    return out
+
+
+def shards(task: str, run_uri: str) -> str:
+    """The map fan-out: a JSON list of {shard, count} (count bounded by spec.maxShards)."""
+    spec = _spec(task)
+    chunks = read_manifest(f"{run_uri.rstrip('/')}/etl")["tables"]["chunks"]["rows"]
+    count = max(1, min(spec.max_shards, math.ceil(chunks / CHUNKS_PER_SHARD)))
+    return json.dumps([{"shard": i, "count": count} for i in range(count)])
+
+
+def _inputs_of(spec: TaskOrchestrationSpec, stage: Stage) -> list[str]:
+    names = [s.stage_name for s in spec.pipeline]
+    if stage.depends_on is not None:
+        return list(stage.depends_on)
+    i = names.index(stage.stage_name)
+    return [names[i - 1]] if i else []
+
+
+def _stage_records(spec: TaskOrchestrationSpec, stage: Stage, run_uri: str) -> list[InputRecord]:
+    """The stage's input: the chunks, or the final results of every shard of its inputs."""
+    sources = _inputs_of(spec, stage)
+    if not sources:
+        return list(read_records(f"{run_uri.rstrip('/')}/etl", "chunks"))
+    records: list[InputRecord] = []
+    for source in sources:
+        for uri in shard_datasets(run_uri, source):
+            records.extend(read_records(uri, "results"))
+    return records
+
+
+def shard_datasets(run_uri: str, stage: str) -> list[str]:
+    storage = open_storage(f"{run_uri.rstrip('/')}/stages/{stage}")
+    keys = sorted({o.key.split("/")[0] for o in storage.list() if o.key.endswith("/_manifest.json")})
+    return [storage.child(k) for k in sorted(keys, key=lambda k: int(k.split("-")[1]))]
+
+
+def _agent_config(name: str, spec: OllamaAgentSpec) -> AgentConfig:
+    return AgentConfig(
+        name=name,
+        model=spec.model,
+        role=str(spec.role),
+        options={
+            **options_from_env(spec.env),
+            **({"num_ctx": spec.context_tokens} if spec.context_tokens else {}),
+        },
+        keep_alive=spec.keep_alive,
+        num_parallel=spec.num_parallel,
+        context_tokens=spec.context_tokens,
+    )
+
+
+def wait_for_model(host: str, model: str, timeout: float = 900.0) -> None:
+    """Block until the Ollama at `host` answers and has `model` (pulling it if needed)."""
+    deadline = time.monotonic() + timeout
+    wanted = model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
+    pulled = False
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            tags = httpx.get(f"{host}/api/tags", timeout=10).json()
+            if any(
+                m.get("model") in (model, wanted) or m.get("name") in (model, wanted)
+                for m in tags.get("models", [])
+            ):
+                return
+            if not pulled:  # ask once; a failed pull is reported by the next listing
+                httpx.post(f"{host}/api/pull", json={"model": model, "stream": False}, timeout=timeout)
+                pulled = True
+            last = f"model {model!r} not listed"
+        except httpx.HTTPError as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        time.sleep(1.0)
+    raise TimeoutError(f"Ollama at {host} not ready with model {model!r} after {timeout:.0f}s ({last})")
+
+
+def stage(task: str, agents: str, stage_name: str, run_uri: str, shard: int = 0, shard_count: int = 1) -> str:
+    """Run one stage (one shard of a map stage); returns the results dataset URI."""
+    spec, agent_specs = _spec(task), _agents(agents)
+    st = next((s for s in spec.pipeline if s.stage_name == stage_name), None)
+    if st is None:
+        raise ValueError(
+            f"no stage {stage_name!r} in the task; stages are {[s.stage_name for s in spec.pipeline]}"
+        )
+
+    def agent(name: str) -> AgentConfig:
+        if name not in agent_specs:
+            raise ValueError(f"stage {stage_name!r}: OllamaAgent {name!r} is not defined")
+        return _agent_config(name, agent_specs[name])
+
+    records = _stage_records(spec, st, run_uri)
+    if st.mode == "map" and shard_count > 1:
+        records = [r for i, r in enumerate(records) if i % shard_count == shard]
+    settings = StageSettings(
+        question=spec.question,
+        labels=tuple(st.labels) if st.labels else None,
+        output_schema=st.output_schema,
+        prompt=st.prompt,
+    )
+    stage_spec = StageSpec(
+        name=stage_name,
+        mode=str(st.mode),
+        agent=agent(st.agent_ref),
+        settings=settings,
+        participants=[agent(p) for p in st.participants or []],
+        judge=agent(st.judge_ref) if st.judge_ref else None,
+        rounds=st.rounds or 1,
+        error_budget_percent=spec.error_budget_percent,
+    )
+    host = os.environ.get("OLLAMA_HOST", "http://127.0.0.1:11434")
+    host = host if "://" in host else f"http://{host}"
+    for a in [stage_spec.agent, *stage_spec.participants, *([stage_spec.judge] if stage_spec.judge else [])]:
+        wait_for_model(host, a.model, timeout=float(os.environ.get("AISTACK_MODEL_WAIT_SECONDS", "900")))
+    cache_uri = (
+        None if spec.cache.policy == "Off" else (spec.cache.uri or f"{spec.output_target.rstrip('/')}/cache")
+    )
+    out = stage_uri(run_uri, stage_name, shard)
+    run_agent_step(stage_spec, records, out, AgentStepOptions(host=host, cache_uri=cache_uri))
+    return out
+
+
+def publish(task: str, run_uri: str, run_id: str) -> str:
+    """Copy the final results to `<outputTarget>/<run id>/` with a summary; returns that URI."""
+    spec = _spec(task)
+    target = f"{spec.output_target.rstrip('/')}/{run_id}"
+    consumed = {d for s in spec.pipeline for d in _inputs_of(spec, s)}
+    last = [s.stage_name for s in spec.pipeline if s.stage_name not in consumed]
+    dataset = DatasetWriter(target)
+    results = dataset.table("results", RESULTS)
+    totals: dict[str, Any] = {
+        "stages": {},
+        "prompt_tokens": 0,
+        "eval_tokens": 0,
+        "calls_cached": 0,
+        "errors": 0,
+    }
+    final_rows = []
+    for st in spec.pipeline:
+        stage_totals = {"rows": 0, "errors": 0, "prompt_tokens": 0, "eval_tokens": 0, "cached": 0}
+        for uri in shard_datasets(run_uri, st.stage_name):
+            table = read_table(uri, "results")
+            for row in table.to_pylist():
+                stage_totals["rows"] += 1
+                stage_totals["errors"] += row["error"] is not None
+                stage_totals["prompt_tokens"] += row["prompt_tokens"]
+                stage_totals["eval_tokens"] += row["eval_tokens"]
+                stage_totals["cached"] += row["cached"]
+                results.append(row, len(row["response"] or ""))
+                if st.stage_name in last and row["final"] and row["error"] is None:
+                    final_rows.append(row)
+        totals["stages"][st.stage_name] = stage_totals
+        totals["prompt_tokens"] += stage_totals["prompt_tokens"]
+        totals["eval_tokens"] += stage_totals["eval_tokens"]
+        totals["calls_cached"] += stage_totals["cached"]
+        totals["errors"] += stage_totals["errors"]
+    etl = read_manifest(f"{run_uri.rstrip('/')}/etl")["summary"]
+    summary = {"run_id": run_id, "etl": etl, **totals, "outputs": [r["response"] for r in final_rows[:20]]}
+    dataset.publish(summary)
+    open_storage(target).write_bytes("summary.json", json.dumps(summary, indent=2, sort_keys=True).encode())
+    return target
