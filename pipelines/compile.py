@@ -74,6 +74,11 @@ def _sidecar(agent_name: str, spec: OllamaAgentSpec) -> UserContainer:
     if spec.resources.cpu:
         requests["cpu"] = spec.resources.cpu
     embedded = spec.model.startswith("aistack-")
+    probe = (
+        ["python", "-c", f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{OLLAMA_PORT}/')"]
+        if embedded
+        else ["ollama", "list"]
+    )
     return UserContainer(
         name=f"ollama-{agent_name}"[:63],
         image=IMAGE if embedded else spec.image,
@@ -83,7 +88,9 @@ def _sidecar(agent_name: str, spec: OllamaAgentSpec) -> UserContainer:
         env=env,
         resources=m.ResourceRequirements(limits=limits or None, requests=requests or None),
         volume_mounts=[m.VolumeMount(name="model-cache", mount_path="/models")],
-        readiness_probe=m.Probe(http_get=m.HTTPGetAction(path="/", port=OLLAMA_PORT), period_seconds=5),
+        ports=[m.ContainerPort(name="ollama", container_port=OLLAMA_PORT)],
+        # an exec probe: Argo's schema types httpGet.port as a string, Hera's model as an int
+        readiness_probe=m.Probe(exec=m.ExecAction(command=probe), period_seconds=5),
         security_context=m.SecurityContext(allow_privilege_escalation=False),
     )
 

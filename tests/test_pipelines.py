@@ -1,0 +1,157 @@
+"""Pipelines: compile TaskOrchestrations to schema-valid Argo objects, run examples locally."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from conftest import ROOT
+from typer.testing import CliRunner
+
+from aistack.cli import app
+from aistack.crds.validation import load_file, parse
+from aistack.etl.storage import open_storage
+from aistack.pipelines.compile import GPU_RESOURCE, compile_task
+from aistack.pipelines.examples import example_tasks, regenerate_argo
+from aistack.pipelines.local import load_task, run_task
+
+ARGO_SCHEMA = json.loads((ROOT.parent / "shared" / "schemas" / "argo" / "schema.json").read_text())
+QA = ROOT / "examples" / "question-answering" / "task.yaml"
+
+
+def argo_validate(obj: dict[str, Any]) -> None:
+    kind = obj["kind"]
+    schema = {
+        "$ref": f"#/definitions/io.argoproj.workflow.v1alpha1.{kind}",
+        "definitions": ARGO_SCHEMA["definitions"],
+    }
+    jsonschema.Draft7Validator(schema).validate(obj)
+
+
+def seed_task_and_agents() -> tuple[Any, dict[str, Any]]:
+    docs = [parse(d) for d in load_file(ROOT / "crds" / "examples" / "seed.yaml")]
+    task = next(d for d in docs if d.kind == "TaskOrchestration")
+    return task, {d.metadata.name: d for d in docs if d.kind == "OllamaAgent"}
+
+
+def test_compiled_objects_validate_against_argo_schema() -> None:
+    task, agents = seed_task_and_agents()
+    argo_validate(compile_task(task, agents).to_dict())
+    qa_task, qa_agents = load_task(QA)
+    argo_validate(compile_task(qa_task, qa_agents).to_dict())
+    scheduled = qa_task.model_copy(deep=True)
+    scheduled.spec.schedule = scheduled.spec.schedule or type(qa_task.spec).model_fields[
+        "schedule"
+    ].annotation.__args__[0](cron="0 3 * * *", timezone="Europe/Paris")  # type: ignore[union-attr]
+    cron = compile_task(scheduled, qa_agents).to_dict()
+    assert (cron["kind"] == "CronWorkflow" and cron["spec"]["schedules"] == ["0 3 * * *"]) or cron[
+        "spec"
+    ].get("schedule") == "0 3 * * *"
+    assert cron["spec"]["timezone"] == "Europe/Paris" and cron["spec"]["concurrencyPolicy"] == "Forbid"
+    argo_validate(cron)
+
+
+def test_gpu_agents_get_an_ollama_sidecar_with_gpu_scheduling() -> None:
+    task, agents = seed_task_and_agents()
+    wf = compile_task(task, agents).to_dict()
+    templates = {t["name"]: t for t in wf["spec"]["templates"]}
+    stage = templates["stage-summarizer-agent"]
+    (sidecar,) = stage["sidecars"]
+    assert sidecar["image"].startswith("ollama/ollama:")
+    assert (
+        sidecar["resources"]["limits"][GPU_RESOURCE] == "1"
+        and sidecar["resources"]["limits"]["memory"] == "8Gi"
+    )
+    assert sidecar["resources"]["requests"]["cpu"] == "2"
+    assert {"name": "TEMPERATURE", "value": "0.7"} in sidecar["env"]
+    assert stage["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert stage["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert stage["volumes"][0]["persistentVolumeClaim"]["claimName"] == "aistack-model-cache"
+    assert {"name": "OLLAMA_HOST", "value": "http://localhost:11434"} in stage["script"]["env"]
+    assert stage["metadata"]["labels"]["ai.stack/agent"] == "summarizer-agent"
+    assert stage["retryStrategy"]["limit"] == "3" and stage["retryStrategy"]["backoff"]["duration"] == "10s"
+    assert stage["script"]["args"][-1] == "aistack.pipelines.runtime:stage"
+    # map stages fan out over the shards; the DAG is ingest -> shards -> stages -> publish
+    dag = {t["name"]: t for t in templates["pipeline"]["dag"]["tasks"]}
+    assert dag["qna-agent"]["withParam"] == "{{tasks.shards.outputs.result}}"
+    assert (
+        dag["summarizer-agent"]["depends"] == "qna-agent" and dag["publish"]["depends"] == "summarizer-agent"
+    )
+    assert (
+        wf["spec"]["activeDeadlineSeconds"] == 6 * 3600 and wf["spec"]["podGC"]["strategy"] == "OnPodSuccess"
+    )
+    assert wf["metadata"]["annotations"]["workflows.argoproj.io/title"] == "aistack: answer-and-summarize"
+
+
+def test_cpu_agents_on_the_embedded_engine_request_no_gpu() -> None:
+    task, agents = load_task(QA)
+    wf = compile_task(task, agents).to_dict()
+    stage = next(t for t in wf["spec"]["templates"] if t["name"] == "stage-answer")
+    (sidecar,) = stage["sidecars"]
+    assert sidecar["command"][:3] == ["aistack", "models", "serve"]
+    assert GPU_RESOURCE not in (sidecar["resources"].get("limits") or {})
+    assert "nodeSelector" not in stage and "tolerations" not in stage
+
+
+def test_compiled_size_does_not_depend_on_the_corpus(tmp_path: Path) -> None:
+    task, agents = load_task(QA)
+    small = task.model_copy(deep=True)
+    small.spec.input.dataset, small.spec.input.uri = None, "s3://corpus/ten-chunks/"  # type: ignore[union-attr]
+    big = small.model_copy(deep=True)
+    big.spec.input.uri = "s3://corpus/ten-million-chunks/"  # type: ignore[union-attr]
+    a, b = compile_task(small, agents, name="x").to_yaml(), compile_task(big, agents, name="x").to_yaml()
+    assert a.replace("ten-chunks", "ten-million-chunks") == b, "only the input URI differs"
+    wide = small.model_copy(deep=True)
+    wide.spec.max_shards = 1000
+    assert abs(len(compile_task(wide, agents, name="x").to_yaml()) - len(a)) <= 8, (
+        "1000 shards are one withParam"
+    )
+    assert len(a.encode()) < 64 * 1024
+
+
+def test_undefined_agents_are_a_clear_error() -> None:
+    task, _ = seed_task_and_agents()
+    with pytest.raises(ValueError, match="refers to undefined OllamaAgents: qna-agent, summarizer-agent"):
+        compile_task(task, {})
+
+
+def test_argo_directory_is_up_to_date() -> None:
+    assert regenerate_argo(check=True) == [], "run `aistack compile --all`"
+    for path in (ROOT / "argo").glob("*.yaml"):
+        argo_validate(yaml.safe_load(path.read_text()))
+
+
+@pytest.mark.parametrize("task_file", example_tasks(), ids=lambda p: p.parent.name)
+def test_examples_run_locally_end_to_end(
+    task_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OLLAMA_HOST", "http://127.0.0.1:9")  # nothing there: the embedded engine is used
+    task, agents = load_task(task_file)
+    events: list[str] = []
+    run = run_task(task, agents, out=tmp_path.as_uri(), on_event=events.append)
+    assert run.embedded and "embedded extractive engine" in events[0]
+    summary = json.loads(open_storage(run.outputs).read_bytes("summary.json"))
+    assert summary["errors"] == 0 and summary["outputs"], summary
+    assert all(st["rows"] > 0 for st in summary["stages"].values())
+    if task_file == QA:
+        assert "brackets containing an expression" in summary["outputs"][0]
+    # a second run over unchanged data makes no model calls
+    again = run_task(task, agents, out=tmp_path.as_uri())
+    summary2 = json.loads(open_storage(again.outputs).read_bytes("summary.json"))
+    assert summary2["calls_cached"] == sum(st["rows"] for st in summary2["stages"].values())
+    assert summary2["outputs"] == summary["outputs"]
+
+
+def test_cli_compile_and_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "wf.yaml"
+    result = CliRunner().invoke(app, ["compile", str(QA), "-o", str(target)])
+    assert result.exit_code == 0, result.output
+    argo_validate(yaml.safe_load(target.read_text()))
+    monkeypatch.setenv("OLLAMA_HOST", "http://127.0.0.1:9")
+    ran = CliRunner().invoke(app, ["run", str(QA), "--out", tmp_path.as_uri()])
+    assert ran.exit_code == 0, ran.output
+    assert "embedded extractive engine" in ran.output and "A:" in ran.output
