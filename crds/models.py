@@ -205,6 +205,12 @@ class TaskInput(Model):
     dataset: DNSName | None = Field(
         default=None, description="A dataset bundled with aistack, e.g. python-docs"
     )
+    include: str | None = Field(
+        default=None,
+        max_length=256,
+        pattern=r"^[^/].*",
+        description="Glob of files to read under the input, e.g. howto/*.txt",
+    )
     format: InputFormat = Field(default=InputFormat.AUTO, description="auto: by file extension")
     text_field: str = Field(default="text", min_length=1, description="Text field of jsonl, csv and parquet")
 

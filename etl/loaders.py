@@ -88,6 +88,10 @@ def list_sources(source: str) -> list[SourceFile]:
     root, pattern = split_pattern(source)
     storage = open_storage(root)
     objects = [o for o in storage.list() if matches(o.key, pattern)]
+    if len(objects) == 1 and objects[0].key == "":  # the source is one file: list it by name
+        parent, _, name = root.rstrip("/").rpartition("/")
+        storage = open_storage(parent or ".")
+        objects = [StoredObject(name, objects[0].size)]
     if not objects:
         raise EtlError(f"no input files found at {source!r}")
     return [SourceFile(storage, o) for o in objects]

@@ -60,7 +60,14 @@ class TableWriter:
             key = f"{self.name}/part-{len(self.files):05d}-{self.run_id}.parquet"
             self._writer_cm = self.storage.writer(key)
             sink = self._writer_cm.__enter__()
-            self._writer = pq.ParquetWriter(sink, self.schema, compression="zstd")
+            # no min/max statistics for long text: useless for pruning, and the footer keeps
+            # them for every row group until the file closes
+            stats = [
+                f.name
+                for f in self.schema
+                if f.type not in (pa.large_string(), pa.string()) or f.name.endswith("_id")
+            ]
+            self._writer = pq.ParquetWriter(sink, self.schema, compression="zstd", write_statistics=stats)
             self.files.append(key)
             self._part_bytes = 0
         self._writer.write_batch(batch)

@@ -53,8 +53,9 @@ def _duration_seconds(text: str) -> int:
     return int(sum(float(n) * units[u] for n, u in re.findall(r"([0-9.]+)(ms|s|m|h)", text)))
 
 
-def _runner(name: str, function: str, **kwargs: Any) -> Any:
-    """A Hera runner-script template calling `aistack.pipelines.runtime.<function>`."""
+def step_template(name: str, function: str, **kwargs: Any) -> Any:
+    """A Hera runner-script template running `aistack.pipelines.runtime.<function>` from the aistack
+    image; extra keyword arguments go to `hera.workflows.script` (sidecars, resources, env, ...)."""
     source = getattr(__import__(RUNTIME, fromlist=[function]), function)
     return script(name=name, constructor="runner", image=IMAGE, **kwargs)(source)
 
@@ -136,7 +137,7 @@ def _stage_template(task: TaskOrchestration, stage_index: int, agents: dict[str,
             if spec.tolerations
             else [GPU_TOLERATION]
         )
-    return _runner(
+    return step_template(
         f"stage-{st.stage_name}",
         "stage",
         sidecars=sidecars or None,
@@ -242,9 +243,9 @@ def compile_task(
         wf = Workflow(**common)
     p = "{{workflow.parameters.%s}}"
     with wf:
-        ingest = _runner("ingest", "ingest", retry_strategy=_retry(task))
-        shards = _runner("shards", "shards")
-        publish = _runner("publish", "publish")
+        ingest = step_template("ingest", "ingest", retry_strategy=_retry(task))
+        shards = step_template("shards", "shards")
+        publish = step_template("publish", "publish")
         stage_templates = [_stage_template(task, i, agents) for i in range(len(spec.pipeline))]
         with DAG(name="pipeline"):
             t_ingest = ingest(name="ingest", arguments={"task": p % "task", "run_uri": p % "run-uri"})

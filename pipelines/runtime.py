@@ -50,15 +50,16 @@ def stage_uri(run_uri: str, stage: str, shard: int) -> str:
 
 def input_source(spec: TaskOrchestrationSpec, run_uri: str) -> str:
     """Where the ETL reads from: the input URI, a bundled dataset, or the inline text."""
-    if spec.input is not None and spec.input.uri:
-        return spec.input.uri
-    if spec.input is not None and spec.input.dataset:
-        path = DATASETS_DIR / spec.input.dataset
-        if not path.is_dir():
-            raise ValueError(
-                f"unknown dataset {spec.input.dataset!r}; bundled: {sorted(p.name for p in DATASETS_DIR.iterdir() if p.is_dir())}"
-            )
-        return str(path)
+    if spec.input is not None:
+        root = spec.input.uri
+        if spec.input.dataset:
+            path = DATASETS_DIR / spec.input.dataset
+            if not path.is_dir():
+                bundled = sorted(p.name for p in DATASETS_DIR.iterdir() if p.is_dir())
+                raise ValueError(f"unknown dataset {spec.input.dataset!r}; bundled: {bundled}")
+            root = str(path)
+        assert root is not None  # the CRD requires uri or dataset
+        return f"{root.rstrip('/')}/{spec.input.include}" if spec.input.include else root
     storage = open_storage(f"{run_uri.rstrip('/')}/input")
     storage.write_bytes("input.txt", (spec.input_text or "").encode())
     return storage.child("input.txt")
@@ -74,7 +75,13 @@ def ingest(task: str, run_uri: str) -> str:
         loader=LoaderOptions(text_field=spec.input.text_field if spec.input else "text"),
     )
     out = f"{run_uri.rstrip('/')}/etl"
-    run_etl(input_source(spec, run_uri), out, options)
+    source = input_source(spec, run_uri)
+    summary = run_etl(source, out, options)
+    if summary.documents == 0:
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(summary.rejected.items()))
+        raise ValueError(
+            f"no usable documents in {source}: {summary.records_in} records, all rejected ({reasons}); see {out}"
+        )
     return out
 
 

@@ -16,7 +16,7 @@ import re
 from collections import Counter
 from typing import Any
 
-ENGINE_VERSION = "2"  # part of every model digest: bump when answers change
+ENGINE_VERSION = "4"  # part of every model digest: bump when answers change
 REFUSAL = "The context does not contain the answer."  # = roles.NO_ANSWER
 _SECTION = re.compile(r"^### (Question|Labels|Output|Context|Conversation so far)\n", re.MULTILINE)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])|\n{2,}")
@@ -99,9 +99,23 @@ def _budget(text: str, max_words: int) -> str:
     return text if len(out) <= max_words else " ".join(out[:max_words]) + " …"
 
 
+_CODE = ("{", "}", "()", " = ", ">>>", "::", "def ", "import ", "#")
+
+
+def _prose(sentence: str) -> bool:
+    """Mostly words, several of them: not code, tables or markup."""
+    letters = sum(c.isalpha() or c == " " for c in sentence)
+    return (
+        6 <= len(sentence.split()) <= 60
+        and letters >= 0.9 * len(sentence)
+        and not any(t in sentence for t in _CODE)
+    )
+
+
 def summarize(text: str, max_sentences: int = 3) -> str:
-    """The highest-scoring sentences (term frequency, length-normalised), in document order."""
+    """The highest-scoring prose sentences (term frequency, length-normalised), in order."""
     sents = sentences(text)
+    sents = [s for s in sents if _prose(s)] or sents
     if len(sents) <= max_sentences:
         return " ".join(sents) or text.strip()
     freq = Counter(words(text))

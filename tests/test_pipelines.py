@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from aistack.cli import app
 from aistack.crds.validation import load_file, parse
+from aistack.etl.parquet_io import read_manifest
 from aistack.etl.storage import open_storage
 from aistack.pipelines.compile import GPU_RESOURCE, compile_task
 from aistack.pipelines.examples import example_tasks, regenerate_argo
@@ -155,3 +156,28 @@ def test_cli_compile_and_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     ran = CliRunner().invoke(app, ["run", str(QA), "--out", tmp_path.as_uri()])
     assert ran.exit_code == 0, ran.output
     assert "embedded extractive engine" in ran.output and "A:" in ran.output
+
+
+def test_hera_authored_pipeline_builds_a_valid_workflow() -> None:
+    from aistack.pipelines import hera_example
+
+    wf = hera_example.build().to_dict()
+    argo_validate(wf)
+    main = next(t for t in wf["spec"]["templates"] if t["name"] == "main")
+    tasks = {t["name"]: t for t in main["dag"]["tasks"]}
+    assert tasks["answer"]["withParam"] == "{{tasks.shards.outputs.result}}"
+
+
+def test_single_file_input_and_empty_input_errors(tmp_path: Path) -> None:
+    from aistack.pipelines.runtime import ingest
+
+    task, _ = load_task(QA)
+    spec = task.spec.model_copy(deep=True)
+    spec.input.include = "faq/design.html"  # type: ignore[union-attr]
+    out = ingest(spec.model_dump_json(by_alias=True, exclude_none=True), tmp_path.as_uri())
+    assert read_manifest(out)["summary"]["documents"] == 1
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.bin.txt").write_bytes(b"\x00\x01")
+    spec.input.dataset, spec.input.include, spec.input.uri = None, None, (tmp_path / "bad").as_uri()  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match=r"no usable documents .* all rejected \(binary=1\)"):
+        ingest(spec.model_dump_json(by_alias=True, exclude_none=True), (tmp_path / "run").as_uri())
