@@ -324,6 +324,39 @@ def compile_command(
         sys.stdout.write(text)
 
 
+@app.command("submit")
+def submit_command(
+    task_file: Annotated[Path, typer.Argument(help="A TaskOrchestration YAML file.")],
+    agents: Annotated[
+        Path | None, typer.Option(help="OllamaAgents YAML (default: agents.yaml beside the task).")
+    ] = None,
+    namespace: Annotated[
+        str | None, typer.Option("-n", "--namespace", help="Default: the kubeconfig context's.")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Workflow name (default: generated from the task's).")
+    ] = None,
+    kubeconfig: Annotated[str | None, typer.Option(help="Default: $KUBECONFIG or ~/.kube/config.")] = None,
+) -> None:
+    """Submit a task's Workflow (or CronWorkflow) to the cluster, or to the Argo Server if ARGO_SERVER is set."""
+    from aistack.pipelines.compile import compile_task
+    from aistack.pipelines.local import load_task
+    from aistack.pipelines.submit import submit
+
+    try:
+        task, agent_objs = load_task(task_file, agents)
+        created = submit(compile_task(task, agent_objs, name=name), namespace, kubeconfig)
+    except Exception as exc:
+        fail(exc)
+        return
+    meta = created.get("metadata", {})
+    out.print(
+        f"{created.get('kind', 'Workflow')} {meta.get('namespace')}/{meta.get('name')} created",
+        highlight=False,
+    )
+    out.print(f"follow it with: argo watch -n {meta.get('namespace')} {meta.get('name')}", highlight=False)
+
+
 def run() -> None:  # pragma: no cover - console entry
     sys.exit(app())
 

@@ -181,3 +181,22 @@ def test_single_file_input_and_empty_input_errors(tmp_path: Path) -> None:
     spec.input.dataset, spec.input.include, spec.input.uri = None, None, (tmp_path / "bad").as_uri()  # type: ignore[union-attr]
     with pytest.raises(ValueError, match=r"no usable documents .* all rejected \(binary=1\)"):
         ingest(spec.model_dump_json(by_alias=True, exclude_none=True), (tmp_path / "run").as_uri())
+
+
+def test_submit_creates_the_workflow_through_the_kubernetes_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kube import ApiServer
+
+    monkeypatch.delenv("ARGO_SERVER", raising=False)
+    with ApiServer(tmp_path, ["argoproj.io/v1alpha1/workflows", "argoproj.io/v1alpha1/cronworkflows"]) as api:
+        args = ["submit", str(QA), "--kubeconfig", str(api.kubeconfig), "--name", "qa-run-1"]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert "Workflow default/qa-run-1 created" in result.output
+        (stored,) = api.objects("workflows")
+        assert stored["metadata"]["name"] == "qa-run-1" and stored["spec"]["entrypoint"] == "pipeline"
+        argo_validate({k: v for k, v in stored.items() if k != "status"})
+        again = CliRunner().invoke(app, args)  # the same name twice: a clear conflict error
+        assert again.exit_code == 1 and "HTTP 409" in again.output
+        assert len(api.objects("workflows")) == 1

@@ -1,0 +1,57 @@
+"""Submit a compiled task: to the Kubernetes API (kubeconfig), or to the Argo Server when
+`ARGO_SERVER` is set (Hera's WorkflowsService, token from `ARGO_TOKEN`)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Any
+
+from hera.workflows import CronWorkflow, Workflow
+
+ARGO_GROUP, ARGO_VERSION = "argoproj.io", "v1alpha1"
+
+
+def _namespace(kubeconfig: str | None) -> str:
+    from kubernetes import config
+
+    try:
+        _, active = config.list_kube_config_contexts(config_file=kubeconfig)
+    except (config.ConfigException, OSError):
+        return "default"
+    return (active or {}).get("context", {}).get("namespace") or "default"
+
+
+def submit(
+    wf: Workflow | CronWorkflow, namespace: str | None = None, kubeconfig: str | None = None
+) -> dict[str, Any]:
+    """Create the Workflow or CronWorkflow; returns the created object (with its server-set name)."""
+    if os.environ.get("ARGO_SERVER"):
+        from hera.shared import global_config
+
+        global_config.host = os.environ["ARGO_SERVER"]
+        if os.environ.get("ARGO_TOKEN"):
+            global_config.token = os.environ["ARGO_TOKEN"]
+        if namespace:
+            wf.namespace = namespace
+        created = wf.create()
+        return created.model_dump(by_alias=True, exclude_none=True)
+
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    api = client.CustomObjectsApi(config.new_client_from_config(config_file=kubeconfig))
+    body = wf.to_dict()
+    ns = namespace or body["metadata"].get("namespace") or _namespace(kubeconfig)
+    body["metadata"]["namespace"] = ns
+    plural = "cronworkflows" if body["kind"] == "CronWorkflow" else "workflows"
+    try:
+        return api.create_namespaced_custom_object(ARGO_GROUP, ARGO_VERSION, ns, plural, body)
+    except ApiException as exc:
+        detail = exc.reason
+        with contextlib.suppress(TypeError, ValueError):
+            detail = json.loads(exc.body).get("message") or detail
+        raise RuntimeError(
+            f"creating {body['kind']} in namespace {ns!r} failed: HTTP {exc.status}: {detail}"
+        ) from exc
