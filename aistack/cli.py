@@ -292,6 +292,9 @@ def compile_command(
     check: Annotated[
         bool, typer.Option("--check", help="With --all: write nothing, fail if argo/ is stale.")
     ] = False,
+    dot: Annotated[
+        bool, typer.Option("--dot", help="Print the DAG as Graphviz DOT instead of YAML.")
+    ] = False,
 ) -> None:
     """Compile a task to an Argo Workflow (or CronWorkflow) YAML, ready for kubectl create / argo submit."""
     from aistack.pipelines.compile import compile_task
@@ -311,7 +314,13 @@ def compile_command(
         if task_file is None:
             raise ValueError("give a TASK file, or --all")
         task, agent_objs = load_task(task_file, agents)
-        text = compile_task(task, agent_objs).to_yaml()
+        compiled = compile_task(task, agent_objs, name=task.metadata.name if dot else None)
+        if dot:
+            from aistack.pipelines.diagram import to_dot
+
+            text = to_dot(compiled)
+        else:
+            text = compiled.to_yaml()
     except typer.Exit:
         raise
     except Exception as exc:

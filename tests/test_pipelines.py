@@ -200,3 +200,14 @@ def test_submit_creates_the_workflow_through_the_kubernetes_api(
         again = CliRunner().invoke(app, args)  # the same name twice: a clear conflict error
         assert again.exit_code == 1 and "HTTP 409" in again.output
         assert len(api.objects("workflows")) == 1
+
+
+def test_orchestration_diagram_source_is_up_to_date() -> None:
+    from aistack.pipelines.diagram import to_dot
+
+    task, agents = load_task(ROOT / "crds" / "examples" / "seed.yaml")
+    dot = to_dot(compile_task(task, agents, name=task.metadata.name))
+    assert (ROOT / "docs" / "orchestration-diagram.dot").read_text() == dot, (
+        "regenerate: see docs/architecture.md"
+    )
+    assert "GPU x1" in dot and '"qna-agent" -> "summarizer-agent"' in dot
