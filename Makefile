@@ -36,6 +36,7 @@ lock:
 bench: setup
 	$(BIN)/python benchmarks/etl_throughput.py
 	$(BIN)/python benchmarks/agent_throughput.py
+	$(BIN)/python benchmarks/compile_speed.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache
