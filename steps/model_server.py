@@ -173,13 +173,19 @@ class EmbeddedModelServer:
             return self._error(404, f'model "{name}" not found, try pulling it first')
         return full
 
-    async def _show(self, request: web.Request) -> web.Response:
+    async def _model_request(self, request: web.Request) -> tuple[dict[str, Any], str] | web.Response:
+        """The JSON body and the served model it names, or Ollama's error response."""
         body = await self._body(request)
         if isinstance(body, web.Response):
             return body
         name = self._known(body)
-        if isinstance(name, web.Response):
-            return name
+        return name if isinstance(name, web.Response) else (body, name)
+
+    async def _show(self, request: web.Request) -> web.Response:
+        parsed = await self._model_request(request)
+        if isinstance(parsed, web.Response):
+            return parsed
+        _, name = parsed
         return web.json_response(
             {
                 "modelfile": "# aistack embedded engine: deterministic and extractive, not a language model.\n"
@@ -238,12 +244,10 @@ class EmbeddedModelServer:
 
     async def _complete(self, request: web.Request, chat: bool) -> web.StreamResponse:
         self.stats["requests"] += 1
-        body = await self._body(request)
-        if isinstance(body, web.Response):
-            return body
-        name = self._known(body)
-        if isinstance(name, web.Response):
-            return name
+        parsed = await self._model_request(request)
+        if isinstance(parsed, web.Response):
+            return parsed
+        body, name = parsed
         fmt = body.get("format")
         if fmt not in (None, "", "json") and not isinstance(fmt, dict):
             return self._error(
@@ -340,43 +344,34 @@ class EmbeddedModelServer:
         self, request: web.Request, body: dict[str, Any], name: str, chat: bool, content: str,
         started: int, load_ns: int, prompt_tokens: int, reason: str,
     ) -> web.Response:  # fmt: skip
-        out: dict[str, Any] = {"model": name, "created_at": self._now()}
-        if chat:
-            out["message"] = {"role": "assistant", "content": content}
-        else:
-            out["response"] = content
+        out = self._part(name, chat, content, done=True)
         out.update(self._metrics(content, started, load_ns, prompt_tokens, reason))
         return web.json_response(out)
+
+    def _part(self, name: str, chat: bool, text: str, done: bool) -> dict[str, Any]:
+        """One response object: chat carries a message, generate a response string."""
+        part: dict[str, Any] = {"model": name, "created_at": self._now(), "done": done}
+        if chat:
+            part["message"] = {"role": "assistant", "content": text}
+        else:
+            part["response"] = text
+        return part
 
     async def _stream(
         self, request: web.Request, name: str, chat: bool, content: str,
         started: int, load_ns: int, prompt_tokens: int, reason: str,
     ) -> web.StreamResponse:  # fmt: skip
-        pieces = [p for p in content.split(" ")]
-        lines = []
-        for i, piece in enumerate(pieces):
-            text = piece if i == 0 else " " + piece
-            part: dict[str, Any] = {"model": name, "created_at": self._now(), "done": False}
-            if chat:
-                part["message"] = {"role": "assistant", "content": text}
-            else:
-                part["response"] = text
-            lines.append(part)
-        final: dict[str, Any] = {"model": name, "created_at": self._now()}
-        if chat:
-            final["message"] = {"role": "assistant", "content": ""}
-        else:
-            final["response"] = ""
+        pieces = content.split(" ")
+        lines = [self._part(name, chat, p if i == 0 else " " + p, done=False) for i, p in enumerate(pieces)]
+        final = self._part(name, chat, "", done=True)
         final.update(self._metrics(content, started, load_ns, prompt_tokens, reason))
         return await self._ndjson(request, [*lines, final])
 
     async def _embed(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
-        if isinstance(body, web.Response):
-            return body
-        name = self._known(body)
-        if isinstance(name, web.Response):
-            return name
+        parsed = await self._model_request(request)
+        if isinstance(parsed, web.Response):
+            return parsed
+        body, name = parsed
         inputs = body.get("input", [])
         inputs = [inputs] if isinstance(inputs, str) else list(inputs)
         vectors = []
