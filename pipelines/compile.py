@@ -148,7 +148,25 @@ def _stage_template(task: TaskOrchestration, stage_index: int, agents: dict[str,
         labels=labels,
         resources=Resources(cpu_request="250m", memory_request="512Mi", memory_limit="4Gi"),
         retry_strategy=_retry(task),
+        metrics=_stage_metrics(task.metadata.name, st.stage_name, st.agent_ref),
     )
+
+
+def _stage_metrics(task: str, stage: str, agent: str) -> m.Metrics:
+    """Argo custom metrics of a stage step: its duration and a count by outcome."""
+    labels = [
+        m.MetricLabel(key="task", value=task),
+        m.MetricLabel(key="stage", value=stage),
+        m.MetricLabel(key="agent", value=agent),
+    ]
+    return m.Metrics(
+        prometheus=[
+            m.Prometheus(name="aistack_stage_duration_seconds", help="Duration of aistack stage steps",
+                         labels=labels, gauge=m.Gauge(value="{{duration}}", realtime=False)),
+            m.Prometheus(name="aistack_stage_steps_total", help="aistack stage steps by outcome",
+                         labels=[*labels, m.MetricLabel(key="status", value="{{status}}")], counter=m.Counter(value="1")),
+        ]
+    )  # fmt: skip
 
 
 def _retry(task: TaskOrchestration) -> RetryStrategy:
