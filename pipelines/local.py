@@ -188,5 +188,10 @@ def run_task(
         if server:
             server.stop()
     return LocalRun(
-        name, results["publish"], results, host, server is not None, time.perf_counter() - started
+        name,
+        json.loads(results["publish"])["outputs"],
+        results,
+        host,
+        server is not None,
+        time.perf_counter() - started,
     )

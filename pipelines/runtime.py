@@ -159,7 +159,7 @@ def wait_for_model(host: str, model: str, timeout: float = 900.0) -> None:
 
 
 def stage(task: str, agents: str, stage_name: str, run_uri: str, shard: int = 0, shard_count: int = 1) -> str:
-    """Run one stage (one shard of a map stage); returns the results dataset URI."""
+    """Run one stage (one shard of a map stage); returns JSON: the results URI and totals."""
     spec, agent_specs = _spec(task), _agents(agents)
     st = next((s for s in spec.pipeline if s.stage_name == stage_name), None)
     if st is None:
@@ -199,12 +199,14 @@ def stage(task: str, agents: str, stage_name: str, run_uri: str, shard: int = 0,
         None if spec.cache.policy == "Off" else (spec.cache.uri or f"{spec.output_target.rstrip('/')}/cache")
     )
     out = stage_uri(run_uri, stage_name, shard)
-    run_agent_step(stage_spec, records, out, AgentStepOptions(host=host, cache_uri=cache_uri))
-    return out
+    outcome = run_agent_step(stage_spec, records, out, AgentStepOptions(host=host, cache_uri=cache_uri))
+    # the step's result (Argo's outputs.result): where the rows are, and what they cost
+    return json.dumps({"uri": out, **outcome.totals()}, sort_keys=True)
 
 
 def publish(task: str, run_uri: str, run_id: str) -> str:
-    """Copy the final results to `<outputTarget>/<run id>/` with a summary; returns that URI."""
+    """Copy the final results to `<outputTarget>/<run id>/` with a summary; returns JSON with
+    that URI (`outputs`) and the run's token totals."""
     spec = _spec(task)
     target = f"{spec.output_target.rstrip('/')}/{run_id}"
     consumed = {d for s in spec.pipeline for d in _inputs_of(spec, s)}
@@ -241,4 +243,7 @@ def publish(task: str, run_uri: str, run_id: str) -> str:
     summary = {"run_id": run_id, "etl": etl, **totals, "outputs": [r["response"] for r in final_rows[:20]]}
     dataset.publish(summary)
     open_storage(target).write_bytes("summary.json", json.dumps(summary, indent=2, sort_keys=True).encode())
-    return target
+    return json.dumps(
+        {"outputs": target, "prompt_tokens": totals["prompt_tokens"], "eval_tokens": totals["eval_tokens"]},
+        sort_keys=True,
+    )
