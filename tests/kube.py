@@ -20,6 +20,18 @@ import kmock
 import yaml
 
 _versions = itertools.count(1)
+KINDS = {
+    "taskorchestrations": "TaskOrchestration",
+    "ollamaagents": "OllamaAgent",
+    "workflows": "Workflow",
+    "cronworkflows": "CronWorkflow",
+}
+OPERATOR_RESOURCES = [
+    "ai.stack/v1alpha1/taskorchestrations",
+    "ai.stack/v1alpha1/ollamaagents",
+    "argoproj.io/v1alpha1/workflows",
+    "argoproj.io/v1alpha1/cronworkflows",
+]
 
 
 class Emulator(kmock.KubernetesEmulator):
@@ -56,8 +68,17 @@ class ApiServer:
     async def _main(self) -> None:
         self.stopping = asyncio.Event()
         async with Emulator() as emulator, kmock.Server(emulator) as server:
+            emulator.resources.load_bundled()  # core and apps kinds, as discovered on K3s
             for resource in self.resources:
-                emulator.resources[resource] = {}
+                plural = resource.rsplit("/", 1)[1]
+                kind = KINDS.get(plural, plural.capitalize())
+                emulator.resources[resource] = kmock.ResourceInfo(
+                    namespaced=True,
+                    kind=kind,
+                    singular=plural[:-1],
+                    verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+                    subresources={"status"},
+                )
             self.emulator = emulator
             self.url = str(server.url).rstrip("/")
             self.ready.set()

@@ -1,0 +1,190 @@
+"""The operator through kopf's real machinery (KopfRunner) against an API server stand-in (kmock)
+over HTTP, acting as kubectl would with the `kubernetes` client."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+from conftest import ROOT
+from kopf.testing import KopfRunner
+from kube import OPERATOR_RESOURCES, ApiServer
+
+from aistack.crds.validation import load_file
+
+SEED = load_file(ROOT / "crds" / "examples" / "seed.yaml")
+AGENTS = [d for d in SEED if d["kind"] == "OllamaAgent"]
+TASK = next(d for d in SEED if d["kind"] == "TaskOrchestration")
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ApiServer]:
+    import kubernetes
+
+    with ApiServer(tmp_path, OPERATOR_RESOURCES) as server:
+        monkeypatch.setenv("KUBECONFIG", str(server.kubeconfig))
+        monkeypatch.setattr(
+            kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(server.kubeconfig)
+        )
+        monkeypatch.setenv("AISTACK_AGENT_RETRY_SECONDS", "0.5")
+        from aistack.operator import handlers, kube
+
+        monkeypatch.setattr(handlers, "AGENT_RETRY_SECONDS", 0.5)
+        kube.api_client.cache_clear()
+        yield server
+        kube.api_client.cache_clear()
+
+
+@pytest.fixture
+def operator(api: ApiServer) -> Iterator[KopfRunner]:
+    settings = kopf.OperatorSettings()
+    settings.scanning.disabled = True
+    settings.watching.server_timeout = 1
+    settings.watching.client_timeout = 2
+    settings.queueing.idle_timeout = 0.5
+    settings.queueing.exit_timeout = 0.5
+    with KopfRunner(
+        ["run", "--standalone", "-n", "default", "-m", "aistack.operator.main"], settings=settings, timeout=30
+    ) as runner:
+        yield runner
+
+
+def client(api: ApiServer) -> Any:
+    import kubernetes
+
+    return kubernetes.client.CustomObjectsApi(kubernetes.config.new_client_from_config(str(api.kubeconfig)))
+
+
+def create(api: ApiServer, obj: dict[str, Any]) -> dict[str, Any]:
+    plural = {"OllamaAgent": "ollamaagents", "TaskOrchestration": "taskorchestrations"}[obj["kind"]]
+    return client(api).create_namespaced_custom_object("ai.stack", "v1alpha1", "default", plural, obj)
+
+
+def status_of(api: ApiServer, plural: str, name: str) -> dict[str, Any]:
+    return (
+        client(api)
+        .get_namespaced_custom_object("ai.stack", "v1alpha1", "default", plural, name)
+        .get("status")
+        or {}
+    )
+
+
+def test_task_becomes_one_owned_workflow(api: ApiServer, operator: KopfRunner) -> None:
+    for agent in AGENTS:
+        create(api, agent)
+    wait_for(
+        lambda: all(
+            status_of(api, "ollamaagents", a["metadata"]["name"]).get("phase") == "Ready" for a in AGENTS
+        ),
+        what="agents Ready",
+    )
+    task = create(api, TASK)
+    workflows = wait_for(lambda: api.objects("workflows"), what="a workflow")
+    (wf,) = workflows
+    assert wf["metadata"]["name"] == "answer-and-summarize-g1"
+    assert wf["metadata"]["ownerReferences"][0]["uid"] == task["metadata"]["uid"]
+    status = wait_for(
+        lambda: (s := status_of(api, "taskorchestrations", "answer-and-summarize")).get("workflowName") and s,
+        what="status",
+    )
+    assert status["phase"] == "Submitted"
+    conds = {c["type"]: c["status"] for c in status["conditions"]}
+    assert conds == {"AgentsReady": "True", "Submitted": "True"}
+    time.sleep(1.5)  # reconcile loops, timers and re-lists must not create a second one
+    assert len(api.objects("workflows")) == 1
+
+
+def test_missing_agent_is_reported_then_the_task_proceeds(api: ApiServer, operator: KopfRunner) -> None:
+    create(api, AGENTS[0])  # summarizer-agent only
+    create(api, TASK)
+    status = wait_for(
+        lambda: (s := status_of(api, "taskorchestrations", "answer-and-summarize")).get("conditions") and s,
+        what="condition",
+    )
+    (cond,) = status["conditions"]
+    assert (
+        cond["type"] == "AgentsReady"
+        and cond["status"] == "False"
+        and "missing: qna-agent" in cond["message"]
+    )
+    assert api.objects("workflows") == []
+    create(api, AGENTS[1])  # the qna agent appears: no re-apply of the task needed
+    wait_for(lambda: api.objects("workflows"), what="a workflow after the agent appeared")
+    wait_for(
+        lambda: status_of(api, "taskorchestrations", "answer-and-summarize").get("phase") == "Submitted",
+        what="Submitted",
+    )
+
+
+def test_workflow_progress_is_mirrored_into_status(
+    api: ApiServer, operator: KopfRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for agent in AGENTS:
+        create(api, agent)
+    create(api, TASK)
+    wait_for(lambda: api.objects("workflows"), what="a workflow")
+    nodes = {
+        "n1": {"type": "Pod", "phase": "Succeeded", "templateName": "ingest", "displayName": "ingest"},
+        "n2": {"type": "Pod", "phase": "Succeeded", "templateName": "stage-qna-agent", "displayName": "qna-agent(0)",
+               "outputs": {"result": '{"prompt_tokens": 120, "eval_tokens": 30}'}},
+        "n3": {"type": "Pod", "phase": "Failed", "templateName": "stage-summarizer-agent", "displayName": "summarizer-agent",
+               "message": "Error (exit code 1): stage 'summarizer-agent': 3 of 4 records failed", "finishedAt": "2026-11-24T10:00:00Z"},
+    }  # fmt: skip
+    client(api).patch_namespaced_custom_object(
+        "argoproj.io", "v1alpha1", "default", "workflows", "answer-and-summarize-g1",
+        {"status": {"phase": "Failed", "startedAt": "2026-11-24T09:59:00Z", "finishedAt": "2026-11-24T10:00:01Z", "nodes": nodes}},
+    )  # fmt: skip
+    status = wait_for(
+        lambda: (
+            (s := status_of(api, "taskorchestrations", "answer-and-summarize")).get("phase") == "Failed" and s
+        ),
+        timeout=25,
+        what="Failed",
+    )
+    assert status["progress"] == {"done": 2, "total": 3, "text": "2/3"}
+    assert status["tokens"] == {"prompt": 120, "eval": 30, "total": 150}
+    assert "summarizer-agent" in status["message"] and "3 of 4 records failed" in status["message"]
+    conds = {c["type"]: c["status"] for c in status["conditions"]}
+    assert conds["Failed"] == "True" and conds["Succeeded"] == "False"
+
+
+def test_service_agent_gets_deployment_and_service(api: ApiServer, operator: KopfRunner) -> None:
+    agent = {
+        **AGENTS[0],
+        "metadata": {"name": "summarizer-svc"},
+        "spec": {**AGENTS[0]["spec"], "mode": "service", "replicas": 2},
+    }
+    create(api, agent)
+    deployment = wait_for(lambda: api.objects("deployments"), what="a deployment")[0]
+    pod = deployment["spec"]["template"]["spec"]
+    (ollama,) = pod["containers"]
+    assert (
+        ollama["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        and pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    )
+    assert (
+        pod["initContainers"][0]["name"] == "pull-model"
+        and "ollama pull llama3" in pod["initContainers"][0]["command"][-1]
+    )
+    assert ollama["readinessProbe"]["exec"]["command"] == ["ollama", "show", "llama3"]
+    assert ollama["securityContext"]["runAsNonRoot"] is True and deployment["spec"]["replicas"] == 2
+    assert deployment["metadata"]["ownerReferences"][0]["name"] == "summarizer-svc"
+    service = wait_for(lambda: api.objects("services"), what="a service")[0]
+    assert service["metadata"]["name"] == "summarizer-svc" and service["spec"]["ports"][0]["port"] == 11434
+    status = wait_for(
+        lambda: (s := status_of(api, "ollamaagents", "summarizer-svc")).get("phase") and s, what="status"
+    )
+    assert status["phase"] == "Pulling" and status["serviceUrl"] == "http://summarizer-svc.default.svc:11434"
