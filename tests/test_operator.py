@@ -188,3 +188,61 @@ def test_service_agent_gets_deployment_and_service(api: ApiServer, operator: Kop
         lambda: (s := status_of(api, "ollamaagents", "summarizer-svc")).get("phase") and s, what="status"
     )
     assert status["phase"] == "Pulling" and status["serviceUrl"] == "http://summarizer-svc.default.svc:11434"
+
+
+def test_restart_after_create_before_status_adopts_the_workflow(api: ApiServer, tmp_path: Path) -> None:
+    """A crash between creating the workflow and patching status: the next reconcile adopts it."""
+    from aistack.crds.validation import parse
+    from aistack.operator.handlers import workflow_name
+    from aistack.pipelines.compile import compile_task
+
+    for agent in AGENTS:
+        created = create(api, agent)
+        client(api).patch_namespaced_custom_object_status(
+            "ai.stack", "v1alpha1", "default", "ollamaagents", created["metadata"]["name"],
+            {"status": {"conditions": [{"type": "Ready", "status": "True"}]}},
+        )  # fmt: skip
+    task = create(api, TASK)
+    # what the previous operator process managed to do before it died
+    body = compile_task(
+        parse(TASK),
+        {a["metadata"]["name"]: parse(a) for a in AGENTS},
+        name=workflow_name("answer-and-summarize", 1),
+    ).to_dict()  # type: ignore[arg-type]
+    client(api).create_namespaced_custom_object("argoproj.io", "v1alpha1", "default", "workflows", body)
+    settings = kopf.OperatorSettings()
+    settings.scanning.disabled = True
+    settings.watching.server_timeout = 1
+    settings.queueing.idle_timeout = settings.queueing.exit_timeout = 0.5
+    with KopfRunner(
+        ["run", "--standalone", "-n", "default", "-m", "aistack.operator.main"], settings=settings, timeout=30
+    ) as runner:
+        status = wait_for(
+            lambda: (
+                (s := status_of(api, "taskorchestrations", "answer-and-summarize")).get("workflowName") and s
+            ),
+            what="status",
+        )
+    assert len(api.objects("workflows")) == 1
+    submitted = next(c for c in status["conditions"] if c["type"] == "Submitted")
+    assert submitted["reason"] == "WorkflowAdopted" and task["metadata"]["uid"]
+    assert "adopted existing Workflow answer-and-summarize-g1" in runner.output
+
+
+def test_deleting_a_task_is_not_blocked(api: ApiServer, operator: KopfRunner) -> None:
+    """Only kopf's own finalizer (it stops the status timer), released at once on deletion;
+    owned workflows go by ownerReference garbage collection (not emulated by the stand-in)."""
+    for agent in AGENTS:
+        create(api, agent)
+    create(api, TASK)
+    wf = wait_for(lambda: api.objects("workflows"), what="a workflow")[0]
+    task = client(api).get_namespaced_custom_object(
+        "ai.stack", "v1alpha1", "default", "taskorchestrations", "answer-and-summarize"
+    )
+    assert task["metadata"].get("finalizers", []) in ([], ["kopf.zalando.org/KopfFinalizerMarker"])
+    client(api).delete_namespaced_custom_object(
+        "ai.stack", "v1alpha1", "default", "taskorchestrations", "answer-and-summarize"
+    )
+    wait_for(lambda: not api.objects("taskorchestrations"), what="the task gone")
+    assert wf["metadata"]["ownerReferences"][0]["kind"] == "TaskOrchestration"
+    assert wf["metadata"]["ownerReferences"][0].get("blockOwnerDeletion") is True
