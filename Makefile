@@ -32,6 +32,7 @@ format: setup
 
 lock:
 	$(BIN)/uv pip compile pyproject.toml --extra dev --quiet -o requirements-dev.lock
+	$(BIN)/uv pip compile pyproject.toml --quiet -o requirements.lock
 
 bench: setup
 	$(BIN)/python benchmarks/etl_throughput.py

@@ -32,7 +32,8 @@ from aistack.steps.agent_step import AgentStepOptions, read_records, run_agent_s
 from aistack.steps.roles import AgentConfig, StageSettings, options_from_env
 from aistack.steps.stages import InputRecord, StageSpec
 
-DATASETS_DIR = Path(__file__).resolve().parent.parent / "datasets"
+# bundled datasets: the checkout's datasets/, or where the image puts them
+DATASETS_DIR = Path(os.environ.get("AISTACK_DATASETS", Path(__file__).resolve().parent.parent / "datasets"))
 CHUNKS_PER_SHARD = 64  # below this a shard is not worth a pod
 
 

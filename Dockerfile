@@ -1,0 +1,26 @@
+# The aistack image: operator, workflow step runtime and embedded model server.
+# Build: docker build -t ghcr.io/aistack/aistack:0.1.0 .
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml requirements.lock README.md ./
+COPY aistack aistack
+COPY crds crds
+COPY etl etl
+COPY steps steps
+COPY pipelines pipelines
+COPY operator operator
+RUN pip install --no-cache-dir build \
+ && python -m build --wheel --outdir /wheels . \
+ && pip wheel --no-cache-dir --wheel-dir /wheels -r requirements.lock
+
+FROM python:3.11-slim
+RUN groupadd --gid 10001 aistack && useradd --uid 10001 --gid 10001 --home /tmp --no-create-home aistack
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels aistack && rm -rf /wheels
+# the bundled example datasets, for tasks that name `input.dataset`
+COPY --chown=10001:10001 datasets /opt/aistack/datasets
+ENV AISTACK_DATASETS=/opt/aistack/datasets PYTHONUNBUFFERED=1 HOME=/tmp
+USER 10001:10001
+EXPOSE 9090 8080 11434
+ENTRYPOINT ["aistack"]
+CMD ["--help"]
