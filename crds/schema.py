@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +103,12 @@ def structural_schema(model: type[BaseModel]) -> dict[str, Any]:
     return _structural(raw, defs)
 
 
+@functools.cache
 def resource_schema(kind: str) -> dict[str, Any]:
-    """The openAPIV3Schema of a kind: apiVersion, kind, metadata, spec and status."""
+    """The openAPIV3Schema of a kind: apiVersion, kind, metadata, spec and status.
+
+    Cached (the operator validates on every reconcile): treat the result as read-only.
+    """
     info = KINDS[kind]
     spec = structural_schema(info["spec"])
     spec["description"] = f"Desired state of the {kind}."

@@ -116,6 +116,15 @@ class ApiServer:
             if key[0].plural == plural and not o.deleted
         ]
 
+    def names(self, plural: str) -> list[str]:
+        """Names of the stored objects of a kind (cheap: no copies)."""
+        assert self.emulator is not None
+        return [
+            key[2]
+            for key, o in list(self.emulator.objects.items())
+            if key[0].plural == plural and not o.deleted
+        ]
+
     def __exit__(self, *exc: object) -> None:
         assert self.stopping is not None
         self.loop.call_soon_threadsafe(self.stopping.set)
