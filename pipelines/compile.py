@@ -250,7 +250,7 @@ def compile_task(
     if spec.schedule:
         s = spec.schedule
         wf: Workflow | CronWorkflow = CronWorkflow(
-            schedule=s.cron,
+            schedules=[s.cron],
             timezone=s.timezone,
             concurrency_policy=str(s.concurrency_policy),
             starting_deadline_seconds=s.starting_deadline_seconds,
