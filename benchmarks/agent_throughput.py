@@ -13,7 +13,7 @@ import argparse
 import asyncio
 import time
 
-from aistack.steps.model_client import ModelClient
+from aistack.steps.model_client import ModelClient, concurrency_for
 from aistack.steps.model_server import EmbeddedModelServer, Faults
 from aistack.steps.roles import AgentConfig, StageSettings
 from aistack.steps.stages import InputRecord, StageSpec, run_stage
@@ -22,7 +22,7 @@ from aistack.steps.stages import InputRecord, StageSpec, run_stage
 async def run_map(url: str, records: list[InputRecord], parallel: int) -> tuple[float, int]:
     agent = AgentConfig("summarizer-agent", "aistack-extractive", "summarizer", num_parallel=parallel)
     stage = StageSpec("summaries", "map", agent, StageSettings())
-    client = ModelClient(url, concurrency=parallel)
+    client = ModelClient(url, concurrency=concurrency_for(parallel))
     try:
         await client.model_info(agent.model)  # not part of the timed stage
         started = time.perf_counter()

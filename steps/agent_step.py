@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from aistack.etl.parquet_io import DatasetWriter, iter_table
 from aistack.etl.schemas import RESULTS
-from aistack.steps.model_client import ModelClient, ResultCache, RetryPolicy
+from aistack.steps.model_client import ModelClient, ResultCache, RetryPolicy, concurrency_for
 from aistack.steps.roles import NO_ANSWER
 from aistack.steps.stages import InputRecord, ProgressFn, StageFailedError, StageOutcome, StageSpec, run_stage
 
@@ -35,7 +35,7 @@ def read_records(uri: str, table: str) -> Iterator[InputRecord]:
 class AgentStepOptions:
     host: str
     cache_uri: str | None = None
-    concurrency: int | None = None  # default: the agent's numParallel
+    concurrency: int | None = None  # default: concurrency_for(the agent's numParallel)
     timeout: float = 600.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     summary: dict[str, object] = field(default_factory=dict)
@@ -54,7 +54,7 @@ def run_agent_step(
         cache = ResultCache(options.cache_uri) if options.cache_uri else None
         client = ModelClient(
             options.host,
-            concurrency=options.concurrency or stage.agent.num_parallel,
+            concurrency=options.concurrency or concurrency_for(stage.agent.num_parallel),
             timeout=options.timeout,
             retry=options.retry,
             cache=cache,

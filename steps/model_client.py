@@ -27,6 +27,12 @@ from aistack.etl.storage import Storage, open_storage
 RETRYABLE_STATUS = frozenset({-1, 408, 429, 500, 502, 503, 504})
 
 
+def concurrency_for(num_parallel: int) -> int:
+    """Requests kept in flight for a server with `num_parallel` slots: one more than the slots,
+    so a request is already queued at the server whenever a slot frees (hides the round trip)."""
+    return max(1, num_parallel) + 1
+
+
 class ModelCallError(Exception):
     """A call that cannot succeed (bad request, unknown model) or ran out of retries."""
 
