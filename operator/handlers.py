@@ -61,6 +61,18 @@ def _agent_ready(agent: dict[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
 
 
+def _parse_or_fail(
+    body: kopf.Body, status: kopf.Status, patch: kopf.Patch, generation: Any, condition_type: str
+) -> Any:
+    """The typed resource; an invalid one gets a Failed status naming every problem, and is not retried."""
+    try:
+        return parse(_object(body))
+    except InvalidResourceError as exc:
+        _set_status(patch, dict(status), {"phase": "Failed", "message": str(exc), "observedGeneration": generation,
+                    "conditions": [condition(condition_type, False, "Invalid", str(exc), generation)]})  # fmt: skip
+        raise kopf.PermanentError(str(exc)) from exc
+
+
 def _set_status(patch: kopf.Patch, old: dict[str, Any], new: dict[str, Any]) -> None:
     conds = new.pop("conditions", [])
     for key, value in new.items():
@@ -77,12 +89,7 @@ def reconcile_task(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, namesp
     with metrics.reconcile("TaskOrchestration"):
         if status.get("observedGeneration") == generation and status.get("workflowName"):
             return {"workflow": status["workflowName"], "adopted": True}  # resumed: already submitted
-        try:
-            task = parse(_object(body))
-        except InvalidResourceError as exc:
-            _set_status(patch, dict(status), {"phase": "Failed", "message": str(exc), "observedGeneration": generation,
-                        "conditions": [condition("Valid", False, "Invalid", str(exc), generation)]})  # fmt: skip
-            raise kopf.PermanentError(str(exc)) from exc
+        task = _parse_or_fail(body, status, patch, generation, "Valid")
         assert isinstance(task, TaskOrchestration)
         refs = sorted(
             {
@@ -159,12 +166,7 @@ def reconcile_agent(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, names
                     patch: kopf.Patch, logger: Any, **_: Any) -> None:  # fmt: skip
     generation = meta.get("generation")
     with metrics.reconcile("OllamaAgent"):
-        try:
-            agent = parse(_object(body))
-        except InvalidResourceError as exc:
-            _set_status(patch, dict(status), {"phase": "Failed", "message": str(exc), "observedGeneration": generation,
-                        "conditions": [condition("Ready", False, "Invalid", str(exc), generation)]})  # fmt: skip
-            raise kopf.PermanentError(str(exc)) from exc
+        agent = _parse_or_fail(body, status, patch, generation, "Ready")
         assert isinstance(agent, OllamaAgent)
         spec = agent.spec
         if spec.mode == "batch":

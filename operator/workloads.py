@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from aistack.crds.models import OllamaAgentSpec
-from aistack.pipelines.compile import GPU_NODE_SELECTOR, GPU_RESOURCE, OLLAMA_PORT
+from aistack.pipelines.compile import GPU_NODE_SELECTOR, GPU_RESOURCE, OLLAMA_PORT, ollama_resources
 
 MODELS_DIR = "/models"
 LABEL = "ai.stack/agent"
@@ -38,18 +38,6 @@ def model_cache_pvc(name: str, spec: OllamaAgentSpec) -> dict[str, Any] | None:
     if spec.model_cache.storage_class_name:
         pvc["spec"]["storageClassName"] = spec.model_cache.storage_class_name
     return pvc
-
-
-def _resources(spec: OllamaAgentSpec) -> dict[str, Any]:
-    limits: dict[str, str] = {}
-    requests: dict[str, str] = {}
-    if spec.resources.gpu:
-        limits[GPU_RESOURCE] = str(spec.resources.gpu)
-    if spec.resources.memory:
-        limits["memory"] = requests["memory"] = spec.resources.memory
-    if spec.resources.cpu:
-        requests["cpu"] = spec.resources.cpu
-    return {k: v for k, v in (("limits", limits), ("requests", requests)) if v}
 
 
 def deployment(name: str, spec: OllamaAgentSpec) -> dict[str, Any]:
@@ -93,7 +81,7 @@ def deployment(name: str, spec: OllamaAgentSpec) -> dict[str, Any]:
                 "image": spec.image,
                 "ports": [{"name": "http", "containerPort": OLLAMA_PORT}],
                 "env": env,
-                "resources": _resources(spec),
+                "resources": ollama_resources(spec),
                 "volumeMounts": mounts,
                 "securityContext": security,
                 # ready only once the model is present, not merely when the server answers

@@ -60,20 +60,26 @@ def step_template(name: str, function: str, **kwargs: Any) -> Any:
     return script(name=name, constructor="runner", image=IMAGE, **kwargs)(source)
 
 
-def _sidecar(agent_name: str, spec: OllamaAgentSpec) -> UserContainer:
-    env = [m.EnvVar(name="OLLAMA_HOST", value=f"0.0.0.0:{OLLAMA_PORT}"),
-           m.EnvVar(name="OLLAMA_KEEP_ALIVE", value=spec.keep_alive),
-           m.EnvVar(name="OLLAMA_NUM_PARALLEL", value=str(spec.num_parallel)),
-           m.EnvVar(name="OLLAMA_MODELS", value="/models")]  # fmt: skip
-    env += [m.EnvVar(name=e.name, value=e.value) for e in spec.env]
-    limits: dict[str, Any] = {}
-    requests: dict[str, Any] = {}
+def ollama_resources(spec: OllamaAgentSpec) -> dict[str, dict[str, str]]:
+    """The Ollama container's requests and limits: the GPUs, memory (request = limit) and CPU."""
+    limits: dict[str, str] = {}
+    requests: dict[str, str] = {}
     if spec.resources.gpu:
         limits[GPU_RESOURCE] = str(spec.resources.gpu)
     if spec.resources.memory:
         limits["memory"] = requests["memory"] = spec.resources.memory
     if spec.resources.cpu:
         requests["cpu"] = spec.resources.cpu
+    return {k: v for k, v in (("limits", limits), ("requests", requests)) if v}
+
+
+def _sidecar(agent_name: str, spec: OllamaAgentSpec) -> UserContainer:
+    env = [m.EnvVar(name="OLLAMA_HOST", value=f"0.0.0.0:{OLLAMA_PORT}"),
+           m.EnvVar(name="OLLAMA_KEEP_ALIVE", value=spec.keep_alive),
+           m.EnvVar(name="OLLAMA_NUM_PARALLEL", value=str(spec.num_parallel)),
+           m.EnvVar(name="OLLAMA_MODELS", value="/models")]  # fmt: skip
+    env += [m.EnvVar(name=e.name, value=e.value) for e in spec.env]
+    resources = ollama_resources(spec)
     embedded = spec.model.startswith("aistack-")
     probe = (
         ["python", "-c", f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{OLLAMA_PORT}/')"]
@@ -87,7 +93,7 @@ def _sidecar(agent_name: str, spec: OllamaAgentSpec) -> UserContainer:
         if embedded
         else None,
         env=env,
-        resources=m.ResourceRequirements(limits=limits or None, requests=requests or None),
+        resources=m.ResourceRequirements(limits=resources.get("limits"), requests=resources.get("requests")),
         volume_mounts=[m.VolumeMount(name="model-cache", mount_path="/models")],
         ports=[m.ContainerPort(name="ollama", container_port=OLLAMA_PORT)],
         # an exec probe: Argo's schema types httpGet.port as a string, Hera's model as an int

@@ -246,3 +246,23 @@ def test_deleting_a_task_is_not_blocked(api: ApiServer, operator: KopfRunner) ->
     wait_for(lambda: not api.objects("taskorchestrations"), what="the task gone")
     assert wf["metadata"]["ownerReferences"][0]["kind"] == "TaskOrchestration"
     assert wf["metadata"]["ownerReferences"][0].get("blockOwnerDeletion") is True
+
+
+def test_an_invalid_task_fails_with_every_problem_named(api: ApiServer, operator: KopfRunner) -> None:
+    """The stand-in does no schema validation (a real API server would reject this at apply)."""
+    bad = {
+        **TASK,
+        "spec": {**TASK["spec"], "chunking": {"maxTokens": 64, "overlapTokens": 64}, "parallelism": 0},
+    }
+    create(api, bad)
+    status = wait_for(
+        lambda: (s := status_of(api, "taskorchestrations", "answer-and-summarize")).get("phase") and s,
+        what="status",
+    )
+    assert status["phase"] == "Failed"
+    assert (
+        "spec.parallelism" in status["message"]
+        and "overlapTokens must be less than maxTokens" in status["message"]
+    )
+    assert {"type": "Valid", "status": "False"}.items() <= status["conditions"][0].items()
+    assert api.objects("workflows") == []
