@@ -252,7 +252,7 @@ def test_an_invalid_task_fails_with_every_problem_named(api: ApiServer, operator
     """The stand-in does no schema validation (a real API server would reject this at apply)."""
     bad = {
         **TASK,
-        "spec": {**TASK["spec"], "chunking": {"maxTokens": 64, "overlapTokens": 64}, "parallelism": 0},
+        "spec": {**TASK["spec"], "outputTarget": "ftp://x", "parallelism": 0},
     }
     create(api, bad)
     status = wait_for(
@@ -260,9 +260,6 @@ def test_an_invalid_task_fails_with_every_problem_named(api: ApiServer, operator
         what="status",
     )
     assert status["phase"] == "Failed"
-    assert (
-        "spec.parallelism" in status["message"]
-        and "overlapTokens must be less than maxTokens" in status["message"]
-    )
+    assert "spec.parallelism" in status["message"] and "spec.outputTarget" in status["message"]
     assert {"type": "Valid", "status": "False"}.items() <= status["conditions"][0].items()
     assert api.objects("workflows") == []
