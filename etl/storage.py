@@ -228,4 +228,15 @@ def split_pattern(uri: str) -> tuple[str, str]:
 
 
 def matches(key: str, pattern: str) -> bool:
-    return not pattern or fnmatch.fnmatch(key, pattern) or fnmatch.fnmatch(key, pattern.replace("**/", ""))
+    """Shell-style glob on '/'-separated keys: `*` stays within a segment, `**` spans any number."""
+    if not pattern:
+        return True
+
+    def match(parts: list[str], pats: list[str]) -> bool:
+        if not pats:
+            return not parts
+        if pats[0] == "**":
+            return any(match(parts[i:], pats[1:]) for i in range(len(parts) + 1))
+        return bool(parts) and fnmatch.fnmatchcase(parts[0], pats[0]) and match(parts[1:], pats[1:])
+
+    return match(key.split("/"), pattern.split("/"))

@@ -78,5 +78,10 @@ def test_globs_select_files(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "x.md").write_text("x")
     (tmp_path / "y.txt").write_text("y")
-    assert [s.obj.key for s in list_sources(f"{tmp_path}/**/*.md")] == ["sub/x.md"]
-    assert [s.obj.key for s in list_sources(f"file://{tmp_path}/*.txt")] == ["y.txt"]
+    (tmp_path / "sub" / "z.txt").write_text("z")
+    (tmp_path / "a.md").write_text("a")
+    assert [s.obj.key for s in list_sources(f"{tmp_path}/**/*.md")] == ["a.md", "sub/x.md"]
+    assert [s.obj.key for s in list_sources(f"file://{tmp_path}/*.txt")] == ["y.txt"], (
+        "* stays in one directory"
+    )
+    assert [s.obj.key for s in list_sources(f"{tmp_path}/sub/*")] == ["x.md", "z.txt"]  # keys under the root
