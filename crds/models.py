@@ -266,6 +266,11 @@ class Stage(Model):
     def stage_name(self) -> str:
         return self.name or self.agent_ref
 
+    @property
+    def agent_refs(self) -> list[str]:
+        """Every OllamaAgent the stage calls: its agent, chat participants, the judge."""
+        return [self.agent_ref, *(self.participants or []), *([self.judge_ref] if self.judge_ref else [])]
+
 
 class ConcurrencyPolicy(StrEnum):
     ALLOW = "Allow"
@@ -349,6 +354,23 @@ class TaskOrchestrationSpec(Model):
         default=5, ge=0, le=100, description="Failed records a stage tolerates before it fails"
     )
     cache: Cache = Field(default_factory=Cache)
+
+    def stage_inputs(self) -> dict[str, list[str]]:
+        """The stages each stage reads: its dependsOn, by default the previous stage."""
+        names = [s.stage_name for s in self.pipeline]
+        return {
+            s.stage_name: list(s.depends_on) if s.depends_on is not None else names[i - 1 : i]
+            for i, s in enumerate(self.pipeline)
+        }
+
+    def final_stages(self) -> list[str]:
+        """Stages no other stage reads: their results are the task's outputs."""
+        consumed = {d for inputs in self.stage_inputs().values() for d in inputs}
+        return [s.stage_name for s in self.pipeline if s.stage_name not in consumed]
+
+    def agent_refs(self) -> list[str]:
+        """Every OllamaAgent the pipeline calls, sorted."""
+        return sorted({r for s in self.pipeline for r in s.agent_refs})
 
 
 class TaskPhase(StrEnum):

@@ -91,13 +91,7 @@ def reconcile_task(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, namesp
             return {"workflow": status["workflowName"], "adopted": True}  # resumed: already submitted
         task = _parse_or_fail(body, status, patch, generation, "Valid")
         assert isinstance(task, TaskOrchestration)
-        refs = sorted(
-            {
-                r
-                for s in task.spec.pipeline
-                for r in [s.agent_ref, *(s.participants or []), *([s.judge_ref] if s.judge_ref else [])]
-            }
-        )
+        refs = task.spec.agent_refs()
         found = {r: kube.get_agent(namespace, r) for r in refs}
         missing = [r for r, a in found.items() if a is None]
         unready = [r for r, a in found.items() if a is not None and not _agent_ready(a)]

@@ -9,6 +9,7 @@ adopt) and JSON merge patches (no strategic merge: kmock and plain clients handl
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client, config
@@ -46,13 +47,18 @@ def custom() -> client.CustomObjectsApi:
     return client.CustomObjectsApi(api_client())
 
 
-def get_agent(namespace: str, name: str) -> dict[str, Any] | None:
+def _or_none(read: Callable[..., Any], *args: Any) -> Any:
+    """The object, or None when the API answers 404."""
     try:
-        return custom().get_namespaced_custom_object(*AISTACK, namespace, "ollamaagents", name)
+        return read(*args)
     except ApiException as exc:
         if exc.status == 404:
             return None
         raise
+
+
+def get_agent(namespace: str, name: str) -> dict[str, Any] | None:
+    return _or_none(custom().get_namespaced_custom_object, *AISTACK, namespace, "ollamaagents", name)
 
 
 def create_or_get_workflow(namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -67,12 +73,7 @@ def create_or_get_workflow(namespace: str, body: dict[str, Any]) -> tuple[dict[s
 
 
 def get_workflow(namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        return custom().get_namespaced_custom_object(*ARGO, namespace, "workflows", name)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
+    return _or_none(custom().get_namespaced_custom_object, *ARGO, namespace, "workflows", name)
 
 
 def latest_cron_run(namespace: str, cron_name: str) -> dict[str, Any] | None:
@@ -114,9 +115,5 @@ def apply_workload(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def get_deployment(namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        return client.AppsV1Api(api_client()).read_namespaced_deployment(name, namespace).to_dict()
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
+    found = _or_none(client.AppsV1Api(api_client()).read_namespaced_deployment, name, namespace)
+    return found.to_dict() if found is not None else None

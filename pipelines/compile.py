@@ -104,7 +104,7 @@ def _sidecar(agent_name: str, spec: OllamaAgentSpec) -> UserContainer:
 
 def _stage_template(task: TaskOrchestration, stage_index: int, agents: dict[str, OllamaAgent]) -> Any:
     st = task.spec.pipeline[stage_index]
-    names = [st.agent_ref, *(st.participants or []), *([st.judge_ref] if st.judge_ref else [])]
+    names = st.agent_refs
     sidecars, gpu = [], False
     volumes: list[m.Volume] = []
     env = [Env(name="AISTACK_MODEL_WAIT_SECONDS", value="900")]
@@ -194,14 +194,7 @@ def compile_task(
     namespace: str | None = None,
 ) -> Workflow | CronWorkflow:
     """The Argo object for a task: a Workflow, or a CronWorkflow when it has a schedule."""
-    missing = sorted(
-        {
-            n
-            for s in task.spec.pipeline
-            for n in [s.agent_ref, *(s.participants or []), *([s.judge_ref] if s.judge_ref else [])]
-        }
-        - set(agents)
-    )
+    missing = sorted(set(task.spec.agent_refs()) - set(agents))
     if missing:
         raise ValueError(
             f"TaskOrchestration {task.metadata.name!r} refers to undefined OllamaAgents: {', '.join(missing)}"
@@ -276,8 +269,8 @@ def compile_task(
             t_shards = shards(name="shards", arguments={"task": p % "task", "run_uri": p % "run-uri"})
             t_ingest >> t_shards
             tasks: dict[str, Any] = {}
-            names = [s.stage_name for s in spec.pipeline]
-            for i, (st, template) in enumerate(zip(spec.pipeline, stage_templates, strict=True)):
+            inputs = spec.stage_inputs()
+            for st, template in zip(spec.pipeline, stage_templates, strict=True):
                 args = {
                     "task": p % "task",
                     "agents": p % "agents",
@@ -289,7 +282,7 @@ def compile_task(
                     t = template(name=st.stage_name, arguments=args, with_param=t_shards.result)
                 else:
                     t = template(name=st.stage_name, arguments=args)
-                deps = st.depends_on if st.depends_on is not None else ([names[i - 1]] if i else [])
+                deps = inputs[st.stage_name]
                 for d in deps:
                     tasks[d] >> t
                 if not deps:
@@ -299,9 +292,6 @@ def compile_task(
                 name="publish",
                 arguments={"task": p % "task", "run_uri": p % "run-uri", "run_id": "{{workflow.name}}"},
             )
-            consumed = {d for s in spec.pipeline for d in (s.depends_on if s.depends_on is not None else [])}
-            consumed |= {names[i - 1] for i, s in enumerate(spec.pipeline) if i and s.depends_on is None}
-            for n in names:
-                if n not in consumed:
-                    tasks[n] >> t_publish
+            for n in spec.final_stages():
+                tasks[n] >> t_publish
     return wf

@@ -28,6 +28,7 @@ from hera.workflows import CronWorkflow, Workflow
 from aistack.crds.models import OllamaAgent, TaskOrchestration
 from aistack.crds.validation import load_file, parse
 from aistack.pipelines.compile import compile_task
+from aistack.pipelines.runtime import ollama_host
 from aistack.steps.model_server import EmbeddedModelServer
 
 _EXPR = re.compile(r"\{\{\s*([^}]+?)\s*\}\}")
@@ -162,8 +163,7 @@ def run_task(
     if isinstance(wf, CronWorkflow):  # locally a scheduled task runs once, now
         task.spec.schedule = None
         wf = compile_task(task, agents, name=name)
-    host = os.environ.get("OLLAMA_HOST", "http://127.0.0.1:11434")
-    host = host if "://" in host else f"http://{host}"
+    host = configured = ollama_host()
     server = None
     if not ollama_reachable(host):
         models = sorted({a.spec.model for a in agents.values()})
@@ -172,7 +172,7 @@ def run_task(
         )
         host = server.start()
         if on_event:
-            on_event(f"no Ollama at {os.environ.get('OLLAMA_HOST', 'http://127.0.0.1:11434')}: started aistack's "
+            on_event(f"no Ollama at {configured}: started aistack's "
                      f"embedded extractive engine at {host} for {', '.join(models)}")  # fmt: skip
     elif on_event:
         on_event(f"using Ollama at {host}")

@@ -94,17 +94,9 @@ def shards(task: str, run_uri: str) -> str:
     return json.dumps([{"shard": i, "count": count} for i in range(count)])
 
 
-def _inputs_of(spec: TaskOrchestrationSpec, stage: Stage) -> list[str]:
-    names = [s.stage_name for s in spec.pipeline]
-    if stage.depends_on is not None:
-        return list(stage.depends_on)
-    i = names.index(stage.stage_name)
-    return [names[i - 1]] if i else []
-
-
 def _stage_records(spec: TaskOrchestrationSpec, stage: Stage, run_uri: str) -> list[InputRecord]:
     """The stage's input: the chunks, or the final results of every shard of its inputs."""
-    sources = _inputs_of(spec, stage)
+    sources = spec.stage_inputs()[stage.stage_name]
     if not sources:
         return list(read_records(f"{run_uri.rstrip('/')}/etl", "chunks"))
     records: list[InputRecord] = []
@@ -133,6 +125,12 @@ def _agent_config(name: str, spec: OllamaAgentSpec) -> AgentConfig:
         num_parallel=spec.num_parallel,
         context_tokens=spec.context_tokens,
     )
+
+
+def ollama_host() -> str:
+    """`OLLAMA_HOST` as a URL (Ollama accepts a bare host:port), default 127.0.0.1:11434."""
+    host = os.environ.get("OLLAMA_HOST", "http://127.0.0.1:11434")
+    return host if "://" in host else f"http://{host}"
 
 
 def wait_for_model(host: str, model: str, timeout: float = 900.0) -> None:
@@ -192,8 +190,7 @@ def stage(task: str, agents: str, stage_name: str, run_uri: str, shard: int = 0,
         rounds=st.rounds or 1,
         error_budget_percent=spec.error_budget_percent,
     )
-    host = os.environ.get("OLLAMA_HOST", "http://127.0.0.1:11434")
-    host = host if "://" in host else f"http://{host}"
+    host = ollama_host()
     for a in [stage_spec.agent, *stage_spec.participants, *([stage_spec.judge] if stage_spec.judge else [])]:
         wait_for_model(host, a.model, timeout=float(os.environ.get("AISTACK_MODEL_WAIT_SECONDS", "900")))
     cache_uri = (
@@ -210,8 +207,7 @@ def publish(task: str, run_uri: str, run_id: str) -> str:
     that URI (`outputs`) and the run's token totals."""
     spec = _spec(task)
     target = f"{spec.output_target.rstrip('/')}/{run_id}"
-    consumed = {d for s in spec.pipeline for d in _inputs_of(spec, s)}
-    last = [s.stage_name for s in spec.pipeline if s.stage_name not in consumed]
+    last = spec.final_stages()
     dataset = DatasetWriter(target)
     results = dataset.table("results", RESULTS)
     totals: dict[str, Any] = {
