@@ -180,13 +180,18 @@ def _semantic_issues(kind: str, obj: dict[str, Any]) -> list[Issue]:
 
 def validate_object(obj: Any) -> list[Issue]:
     """Every problem with one object; an empty list means the API server would accept it."""
+    return _validate(obj)[1]
+
+
+def _validate(obj: Any) -> tuple[dict[str, Any], list[Issue]]:
+    """The object with schema defaults applied (as far as it got), and its problems."""
     if not isinstance(obj, dict):
-        return [Issue("", f"expected a mapping, got {type(obj).__name__}")]
+        return {}, [Issue("", f"expected a mapping, got {type(obj).__name__}")]
     kind, api_version = obj.get("kind"), obj.get("apiVersion")
     if kind not in KINDS:
-        return [Issue("kind", f"Unsupported value {kind!r}: supported values: {sorted(KINDS)}")]
+        return obj, [Issue("kind", f"Unsupported value {kind!r}: supported values: {sorted(KINDS)}")]
     if api_version != API_VERSION:
-        return [Issue("apiVersion", f"Unsupported value {api_version!r}: expected {API_VERSION!r}")]
+        return obj, [Issue("apiVersion", f"Unsupported value {api_version!r}: expected {API_VERSION!r}")]
     issues = []
     name = (obj.get("metadata") or {}).get("name")
     if not isinstance(name, str) or not name:
@@ -200,18 +205,18 @@ def validate_object(obj: Any) -> list[Issue]:
     if not schema_issues:  # CEL assumes a schema-valid object, as in the API server
         issues += _cel_issues(defaulted, schema, [])
         issues += _semantic_issues(kind, defaulted)
-    return issues
+    return defaulted, issues
 
 
 def parse(obj: dict[str, Any]) -> OllamaAgent | TaskOrchestration:
     """Validate and return the typed model, with schema defaults applied."""
-    issues = validate_object(obj)
+    defaulted, issues = _validate(obj)
     kind = obj.get("kind", "object") if isinstance(obj, dict) else "object"
     name = (obj.get("metadata") or {}).get("name", "?") if isinstance(obj, dict) else "?"
     if issues:
         raise InvalidResourceError(str(kind), str(name), issues)
     model = OllamaAgent if kind == "OllamaAgent" else TaskOrchestration
-    return model.model_validate(apply_defaults(obj, resource_schema(kind)))
+    return model.model_validate(defaulted)
 
 
 def load_file(path: Path) -> list[dict[str, Any]]:
