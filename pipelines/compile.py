@@ -36,6 +36,7 @@ from hera.workflows import (
 )
 
 from aistack.crds.models import OllamaAgent, OllamaAgentSpec, TaskOrchestration
+from aistack.pipelines.runtime import STEP_METRICS
 
 try:
     IMAGE = f"ghcr.io/aistack/aistack:{version('aistack')}"
@@ -46,6 +47,8 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 GPU_TOLERATION = m.Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
 RUNTIME = "aistack.pipelines.runtime"
+# where stage steps leave their totals for Argo to read as output parameters (runtime.write_step_metrics)
+METRICS_DIR = "/tmp/aistack-metrics"
 
 
 def _duration_seconds(text: str) -> int:
@@ -107,7 +110,10 @@ def _stage_template(task: TaskOrchestration, stage_index: int, agents: dict[str,
     names = st.agent_refs
     sidecars, gpu = [], False
     volumes: list[m.Volume] = []
-    env = [Env(name="AISTACK_MODEL_WAIT_SECONDS", value="900")]
+    env = [
+        Env(name="AISTACK_MODEL_WAIT_SECONDS", value="900"),
+        Env(name="AISTACK_METRICS_DIR", value=METRICS_DIR),
+    ]
     batch = [n for n in dict.fromkeys(names) if agents[n].spec.mode == "batch"]
     service = [n for n in dict.fromkeys(names) if agents[n].spec.mode == "service"]
     if service:  # a stage calls one host; service agents are reached at their Service
@@ -154,23 +160,43 @@ def _stage_template(task: TaskOrchestration, stage_index: int, agents: dict[str,
         labels=labels,
         resources=Resources(cpu_request="250m", memory_request="512Mi", memory_limit="4Gi"),
         retry_strategy=_retry(task),
+        outputs=[
+            Parameter(
+                name=k.replace("_", "-"), value_from=m.ValueFrom(path=f"{METRICS_DIR}/{k}", default="0")
+            )
+            for k in STEP_METRICS
+        ],
         metrics=_stage_metrics(task.metadata.name, st.stage_name, st.agent_ref),
     )
 
 
 def _stage_metrics(task: str, stage: str, agent: str) -> m.Metrics:
-    """Argo custom metrics of a stage step: its duration and a count by outcome."""
+    """Argo custom metrics of a stage step: its duration, a count by outcome, and the step's totals
+    (rows, cached rows, errors, tokens, model seconds) read from its output parameters."""
     labels = [
         m.MetricLabel(key="task", value=task),
         m.MetricLabel(key="stage", value=stage),
         m.MetricLabel(key="agent", value=agent),
     ]
+
+    def counter(name: str, help: str, output: str, extra: list[m.MetricLabel] | None = None) -> m.Prometheus:
+        value = m.Counter(value=f"{{{{outputs.parameters.{output}}}}}")
+        return m.Prometheus(name=name, help=help, labels=[*labels, *(extra or [])], counter=value)
+
     return m.Metrics(
         prometheus=[
             m.Prometheus(name="aistack_stage_duration_seconds", help="Duration of aistack stage steps",
                          labels=labels, gauge=m.Gauge(value="{{duration}}", realtime=False)),
             m.Prometheus(name="aistack_stage_steps_total", help="aistack stage steps by outcome",
                          labels=[*labels, m.MetricLabel(key="status", value="{{status}}")], counter=m.Counter(value="1")),
+            counter("aistack_stage_rows_total", "Rows (model calls or cache hits) of aistack stage steps", "rows"),
+            counter("aistack_stage_cached_rows_total", "Rows answered from the result cache", "cached"),
+            counter("aistack_stage_errors_total", "Rows that failed (dead letters)", "errors"),
+            counter("aistack_stage_tokens_total", "Tokens used by aistack stage steps", "prompt-tokens",
+                    [m.MetricLabel(key="kind", value="prompt")]),
+            counter("aistack_stage_tokens_total", "Tokens used by aistack stage steps", "eval-tokens",
+                    [m.MetricLabel(key="kind", value="eval")]),
+            counter("aistack_stage_call_seconds_total", "Model time of the calls aistack stage steps made", "call-seconds"),
         ]
     )  # fmt: skip
 
@@ -238,6 +264,17 @@ def compile_task(
                     help="Duration of aistack task runs",
                     labels=[m.MetricLabel(key="task", value=task.metadata.name)],
                     gauge=m.Gauge(value="{{workflow.duration}}", realtime=False),
+                ),
+                # for "no successful scheduled run in N hours" (infra/monitoring)
+                m.Prometheus(
+                    name="aistack_task_last_success_timestamp_seconds",
+                    help="Start time (Unix seconds) of the task's latest successful run",
+                    labels=[
+                        m.MetricLabel(key="task", value=task.metadata.name),
+                        m.MetricLabel(key="scheduled", value=str(spec.schedule is not None).lower()),
+                    ],
+                    when="{{workflow.status}} == Succeeded",
+                    gauge=m.Gauge(value="{{workflow.creationTimestamp.s}}", realtime=False),
                 ),
             ]
         ),

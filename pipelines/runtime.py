@@ -45,6 +45,10 @@ def _agents(agents: str) -> dict[str, OllamaAgentSpec]:
     return {name: OllamaAgentSpec.model_validate(spec) for name, spec in json.loads(agents).items()}
 
 
+# the totals a stage step exports to Argo (see write_step_metrics)
+STEP_METRICS = ("rows", "errors", "cached", "prompt_tokens", "eval_tokens", "call_seconds")
+
+
 def stage_uri(run_uri: str, stage: str, shard: int) -> str:
     return f"{run_uri.rstrip('/')}/stages/{stage}/shard-{shard}"
 
@@ -198,8 +202,23 @@ def stage(task: str, agents: str, stage_name: str, run_uri: str, shard: int = 0,
     )
     out = stage_uri(run_uri, stage_name, shard)
     outcome = run_agent_step(stage_spec, records, out, AgentStepOptions(host=host, cache_uri=cache_uri))
+    totals = outcome.totals()
+    write_step_metrics(totals)
     # the step's result (Argo's outputs.result): where the rows are, and what they cost
-    return json.dumps({"uri": out, **outcome.totals()}, sort_keys=True)
+    return json.dumps({"uri": out, **totals}, sort_keys=True)
+
+
+def write_step_metrics(totals: dict[str, int]) -> None:
+    """Write a stage's totals as files under $AISTACK_METRICS_DIR, one number each: compiled
+    stage templates read them as output parameters and emit them as Argo custom metrics."""
+    root = os.environ.get("AISTACK_METRICS_DIR")
+    if not root:
+        return
+    os.makedirs(root, exist_ok=True)
+    values = {**totals, "call_seconds": round(totals.get("call_ns", 0) / 1e9, 3)}
+    for key in STEP_METRICS:
+        with open(os.path.join(root, key), "w") as f:
+            f.write(str(values.get(key, 0)))
 
 
 def publish(task: str, run_uri: str, run_id: str) -> str:

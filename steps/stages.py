@@ -62,6 +62,8 @@ class StageOutcome:
             "cached": sum(r["cached"] for r in self.rows),
             "prompt_tokens": sum(r["prompt_tokens"] for r in self.rows),
             "eval_tokens": sum(r["eval_tokens"] for r in self.rows),
+            # model time of the calls made in this run (cached rows cost none)
+            "call_ns": sum(r["total_duration_ns"] for r in self.rows if not r["cached"]),
         }
 
     def over_budget(self, percent: float) -> bool:
