@@ -1,0 +1,21 @@
+terraform {
+  required_version = ">= 1.6.0, < 2.0.0"
+
+  required_providers {
+    aws = {
+      source  = "hashicorp/aws"
+      version = "5.100.0"
+    }
+  }
+}
+
+provider "aws" {
+  region = var.region
+
+  default_tags {
+    tags = {
+      "app.kubernetes.io/part-of" = "aistack"
+      "aistack/cluster"           = var.cluster_name
+    }
+  }
+}
