@@ -390,3 +390,70 @@ def test_checkov_reports_zero_failed_checks(framework: str) -> None:
         if len((s.get("check_result") or {}).get("suppress_comment", "")) < 20
     ]
     assert unjustified == []
+
+
+def _policies_for(
+    objects: tuple[dict[str, Any], ...], namespace: str, labels: dict[str, str]
+) -> list[dict[str, Any]]:
+    def selects(selector: dict[str, Any]) -> bool:
+        ok = selector.get("matchLabels", {}).items() <= labels.items()
+        for e in selector.get("matchExpressions", []):
+            ok &= (
+                (e["key"] in labels)
+                if e["operator"] == "Exists"
+                else (labels.get(e["key"]) in e.get("values", []))
+            )
+        return ok
+
+    return [
+        p
+        for p in by_kind(objects, "NetworkPolicy").values()
+        if p["metadata"]["namespace"] == namespace and selects(p["spec"]["podSelector"])
+    ]
+
+
+def test_network_policies_fence_ollama_and_the_operator() -> None:
+    for overlay in OVERLAYS.values():
+        objects = built(overlay)
+        ollama = _policies_for(
+            objects, "aistack", {"app.kubernetes.io/name": "ollama", "ai.stack/agent": "qna-agent"}
+        )
+        assert any(
+            p["spec"].get("ingress") is None and p["spec"]["policyTypes"] == ["Ingress"] for p in ollama
+        ), "default deny"
+        peers_on_11434 = [
+            peer
+            for p in ollama
+            for rule in p["spec"].get("ingress", [])
+            if any(port["port"] == 11434 for port in rule.get("ports", []))
+            for peer in rule["from"]
+        ]
+        assert peers_on_11434 == [
+            {
+                "podSelector": {
+                    "matchExpressions": [{"key": "workflows.argoproj.io/workflow", "operator": "Exists"}]
+                }
+            },
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "aistack-system"}},
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "aistack-gateway"}},
+            },
+        ]
+        # other open ports on Ollama pods: only Prometheus' (metrics), from the monitoring namespace
+        others = [
+            r
+            for p in ollama
+            for r in p["spec"].get("ingress", [])
+            if all(port["port"] != 11434 for port in r["ports"])
+        ]
+        assert all(
+            r["from"]
+            == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+            for r in others
+        )
+        operator = _policies_for(objects, "aistack-system", {"app.kubernetes.io/name": "aistack-operator"})
+        assert len(operator) == 1 and operator[0]["spec"]["policyTypes"] == ["Ingress", "Egress"]
+        egress_ports = {
+            (p["protocol"], p["port"]) for rule in operator[0]["spec"]["egress"] for p in rule["ports"]
+        }
+        assert egress_ports == {("TCP", 443), ("TCP", 6443), ("UDP", 53), ("TCP", 53)}
