@@ -116,7 +116,7 @@ def shard_datasets(run_uri: str, stage: str) -> list[str]:
     return [storage.child(k) for k in sorted(keys, key=lambda k: int(k.split("-")[1]))]
 
 
-def _agent_config(name: str, spec: OllamaAgentSpec) -> AgentConfig:
+def agent_config(name: str, spec: OllamaAgentSpec) -> AgentConfig:
     return AgentConfig(
         name=name,
         model=spec.model,
@@ -173,7 +173,7 @@ def stage(task: str, agents: str, stage_name: str, run_uri: str, shard: int = 0,
     def agent(name: str) -> AgentConfig:
         if name not in agent_specs:
             raise ValueError(f"stage {stage_name!r}: OllamaAgent {name!r} is not defined")
-        return _agent_config(name, agent_specs[name])
+        return agent_config(name, agent_specs[name])
 
     records = _stage_records(spec, st, run_uri)
     if st.mode == "map" and shard_count > 1:

@@ -14,6 +14,7 @@ import asyncio
 import json
 import random
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -264,3 +265,42 @@ class ModelClient:
             done_reason=response.done_reason or "",
             attempts=attempts,
         )
+
+    async def chat_stream(
+        self,
+        model: str,
+        messages: list[dict[str, str]],
+        *,
+        options: dict[str, Any] | None = None,
+        keep_alive: str | None = None,
+    ) -> AsyncIterator[str]:
+        """A streamed chat call: yields the answer's pieces as the model produces them. Opening the
+        stream is retried like any call; once text has been sent, an error is raised, not retried
+        (the caller already has part of the answer)."""
+
+        async def open_stream() -> tuple[Any, Any]:
+            stream = await self._client.chat(
+                model=model, messages=messages, options=options or None, keep_alive=keep_alive, stream=True
+            )
+            iterator = stream.__aiter__()
+            first = await iterator.__anext__()  # errors before any text surface here, and are retried
+            return iterator, first
+
+        async with self._slots:
+            self.stats["requests"] += 1
+            (iterator, first), _ = await self._with_retries(f"model {model!r}", open_stream)
+            self.stats["calls"] += 1
+            part = first
+            while True:
+                if part.message.content:
+                    yield part.message.content
+                if part.done:
+                    return
+                try:
+                    part = await iterator.__anext__()
+                except StopAsyncIteration:
+                    return
+                except Exception as exc:
+                    raise ModelCallError(
+                        f"model {model!r} at {self.host}: stream broken: {self._describe(exc)}"
+                    ) from exc

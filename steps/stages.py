@@ -73,7 +73,7 @@ class StageOutcome:
 ProgressFn = Callable[[int], None]
 
 
-async def _call_agent(
+async def call_agent(
     client: ModelClient,
     agent: AgentConfig,
     settings: StageSettings,
@@ -161,7 +161,7 @@ async def run_map(
 
     async def one(record: InputRecord) -> dict[str, Any]:
         try:
-            result, error, attempts = await _call_agent(
+            result, error, attempts = await call_agent(
                 client, stage.agent, stage.settings, record.text, None, stage.contract_retries
             )
             rid = content_hash("map", stage.name, record.id)
@@ -219,7 +219,7 @@ async def run_reduce(
             group: list[InputRecord], level: int = level, last: bool = last_level
         ) -> dict[str, Any]:
             text = "\n\n".join(g.text for g in group)
-            result, error, attempts = await _call_agent(
+            result, error, attempts = await call_agent(
                 client, stage.agent, stage.settings, text, None, stage.contract_retries
             )
             ids = [g.id for g in group]
@@ -260,7 +260,7 @@ async def run_chat(
     for _ in range(stage.rounds):
         for agent in speakers:
             turn += 1
-            result, error, attempts = await _call_agent(
+            result, error, attempts = await call_agent(
                 client, agent, stage.settings, context, transcript, stage.contract_retries
             )
             digest = await _digest(client, agent.model)
@@ -273,7 +273,7 @@ async def run_chat(
                 progress(1)
     if closing is not None:
         turn += 1
-        result, error, attempts = await _call_agent(
+        result, error, attempts = await call_agent(
             client, closing, stage.settings, context, transcript, stage.contract_retries
         )
         rid = content_hash("chat", stage.name, str(turn), closing.name, *ids)

@@ -1,0 +1,81 @@
+"""Builds a gateway from its settings: the local runner and a model server (local mode), or the
+Kubernetes API (cluster mode)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+
+from aistack.crds.models import OllamaAgent
+from aistack.crds.validation import load_file, parse
+from aistack.gateway.agents import ClusterAgents, LocalAgents
+from aistack.gateway.app import create_app
+from aistack.gateway.auth import KubernetesAuth, StaticTokenAuth
+from aistack.gateway.settings import GatewaySettings
+from aistack.gateway.tasks import ClusterTasks, LocalTasks
+
+
+def load_agents(files: tuple[Path, ...]) -> dict[str, OllamaAgent]:
+    agents: dict[str, OllamaAgent] = {}
+    for path in files:
+        for doc in load_file(path):
+            obj = parse(doc)
+            if isinstance(obj, OllamaAgent):
+                if obj.metadata.name in agents:
+                    raise ValueError(f"{path}: OllamaAgent {obj.metadata.name!r} is defined twice")
+                agents[obj.metadata.name] = obj
+    return agents
+
+
+def kubernetes_client(kubeconfig: str | None) -> Any:
+    from kubernetes import client, config
+
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config()
+    else:
+        config.load_kube_config(config_file=kubeconfig)
+    return client.ApiClient()
+
+
+def build_app(settings: GatewaySettings) -> tuple[FastAPI, str]:
+    """The app and a line describing what it serves."""
+    limits = {"max_body_bytes": settings.max_body_bytes, "client_concurrency": settings.client_concurrency,
+              "request_timeout": settings.request_timeout, "default_namespace": settings.namespace}  # fmt: skip
+    if settings.mode == "cluster":
+        api = kubernetes_client(settings.kubeconfig)
+        app = create_app(tasks=ClusterTasks(api), agents=ClusterAgents(api, settings.ollama_host),
+                         auth=KubernetesAuth(api), **limits)  # fmt: skip
+        return (
+            app,
+            f"cluster mode: API server {api.configuration.host}, default namespace {settings.namespace}",
+        )
+
+    from aistack.pipelines.local import ollama_reachable
+    from aistack.pipelines.runtime import ollama_host
+    from aistack.steps.model_server import EmbeddedModelServer
+
+    agents = load_agents(settings.agent_files)
+    host, server = ollama_host(), None
+    if not ollama_reachable(host):
+        models = sorted({a.spec.model for a in agents.values()})
+        server = EmbeddedModelServer(
+            models=models, parallel=max([a.spec.num_parallel for a in agents.values()] or [4])
+        )
+        host = server.start()
+        os.environ["OLLAMA_HOST"] = host  # the local runner's steps call the same server
+    out = settings.out or Path("out", "gateway").resolve().as_uri()
+    tasks = LocalTasks(agents, out, settings.state_dir, settings.workers)
+
+    def shutdown() -> None:
+        tasks.close()
+        if server is not None:
+            server.stop()
+
+    app = create_app(tasks=tasks, agents=LocalAgents(agents, host), auth=StaticTokenAuth(settings.token),
+                     on_shutdown=shutdown, **limits)  # fmt: skip
+    auth = "bearer token required" if settings.token else "no token set: reads open, writes refused"
+    engine = "aistack's embedded engine" if server else "Ollama"
+    return app, f"local mode: {len(agents)} agents on {engine} at {host}; results under {out}; {auth}"

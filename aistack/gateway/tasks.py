@@ -1,0 +1,271 @@
+"""Where submitted tasks go: TaskOrchestration CRs in the cluster, or the local runner.
+
+Both backends take the same validated object (crds.validation: the CRD's schema, defaults and
+CEL rules) and answer with the same shape: the object with its `status`, as `kubectl get -o json`
+shows it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+from aistack.crds.models import OllamaAgent, TaskOrchestration
+from aistack.crds.validation import InvalidResourceError, parse
+from aistack.etl.storage import open_storage
+
+GROUP, VERSION, PLURAL = "ai.stack", "v1alpha1", "taskorchestrations"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+
+class TaskError(Exception):
+    """A request the backend refuses: HTTP status, Kubernetes-style reason, message, details."""
+
+    def __init__(self, status: int, reason: str, message: str, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message, self.details = status, reason, message, details or []
+
+
+def validated(body: dict[str, Any], namespace: str, name: str) -> dict[str, Any]:
+    """The submitted task as a TaskOrchestration object, checked like `kubectl apply` would be."""
+    obj = {
+        "apiVersion": API_VERSION,
+        "kind": "TaskOrchestration",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            **{k: v for k, v in (body.get("metadata") or {}).items() if k in ("labels", "annotations")},
+        },
+        "spec": body.get("spec"),
+    }
+    for key, expected in (("apiVersion", API_VERSION), ("kind", "TaskOrchestration")):
+        if body.get(key) not in (None, expected):
+            raise TaskError(422, "Invalid", f"{key} must be {expected!r}, not {body.get(key)!r}")
+    try:
+        parse(obj)
+    except InvalidResourceError as e:
+        raise TaskError(
+            422, "Invalid", f"TaskOrchestration {name!r} is invalid", [str(i) for i in e.issues]
+        ) from e
+    return obj
+
+
+class TaskBackend(Protocol):
+    def create(self, obj: dict[str, Any], submitted_by: str) -> dict[str, Any]: ...
+    def get(self, namespace: str, name: str) -> dict[str, Any]: ...
+    def list(self, namespace: str) -> list[dict[str, Any]]: ...
+    def delete(self, namespace: str, name: str) -> dict[str, Any]: ...
+    def ready(self) -> None: ...
+
+
+class ClusterTasks:
+    """TaskOrchestration CRs through the Kubernetes API; the operator does the rest."""
+
+    def __init__(self, api_client: Any) -> None:
+        from kubernetes import client
+
+        self._api = client.CustomObjectsApi(api_client)
+        self._version = client.VersionApi(api_client)
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return fn()
+        except ApiException as e:
+            try:
+                status = json.loads(e.body or "{}")
+            except json.JSONDecodeError:
+                status = {}
+            code = e.status if e.status in (400, 403, 404, 409, 422, 429) else 502
+            message = status.get("message") or f"{what}: API server answered {e.status} {e.reason}"
+            causes = [
+                f"{c.get('field', '')}: {c.get('message', '')}"
+                for c in (status.get("details") or {}).get("causes", [])
+            ]
+            raise TaskError(code, status.get("reason") or "BadGateway", message, causes) from e
+
+    def create(self, obj: dict[str, Any], submitted_by: str) -> dict[str, Any]:
+        meta = obj["metadata"]
+        meta.setdefault("annotations", {})["ai.stack/submitted-by"] = submitted_by
+        return self._call(
+            "create",
+            lambda: self._api.create_namespaced_custom_object(GROUP, VERSION, meta["namespace"], PLURAL, obj),
+        )
+
+    def get(self, namespace: str, name: str) -> dict[str, Any]:
+        return self._call(
+            "get", lambda: self._api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        )
+
+    def list(self, namespace: str) -> list[dict[str, Any]]:
+        found = self._call(
+            "list", lambda: self._api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+        )
+        return list(found.get("items", []))
+
+    def delete(self, namespace: str, name: str) -> dict[str, Any]:
+        return self._call(
+            "delete",
+            lambda: self._api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name),
+        )
+
+    def ready(self) -> None:
+        self._call("version", self._version.get_code)
+
+
+RunFn = Callable[..., Any]
+
+
+class LocalTasks:
+    """Runs tasks with the local runner on a small thread pool. Each task's record (object and
+    status) is a JSON file under `state_dir`, written on every change, so a restarted gateway still
+    lists every task and re-queues those that had not finished (the result cache makes the re-run
+    cheap: finished model calls are not repeated)."""
+
+    def __init__(
+        self,
+        agents: dict[str, OllamaAgent],
+        out: str,
+        state_dir: Path,
+        workers: int = 1,
+        run: RunFn | None = None,
+    ) -> None:
+        from aistack.pipelines.local import run_task
+
+        self.agents, self.out, self.state_dir = agents, out.rstrip("/"), state_dir
+        self._run = run or run_task
+        self._lock = threading.Lock()
+        self._records: dict[tuple[str, str], dict[str, Any]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aistack-task")
+        state_dir.mkdir(parents=True, exist_ok=True)
+        for path in sorted(state_dir.glob("*.json")):
+            record = json.loads(path.read_text())
+            key = (record["metadata"]["namespace"], record["metadata"]["name"])
+            self._records[key] = record
+            if record.get("status", {}).get("phase") in ("Pending", "Running"):
+                self._set_status(key, phase="Pending", message="re-queued after a gateway restart")
+                self._pool.submit(self._execute, key)
+
+    def _path(self, key: tuple[str, str]) -> Path:
+        return self.state_dir / f"{key[0]}.{key[1]}.json"
+
+    def _save(self, key: tuple[str, str]) -> None:
+        record = self._records.get(key)
+        if record is None:
+            return
+        tmp = self._path(key).with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+        tmp.replace(self._path(key))  # atomic: a crash never leaves half a record
+
+    def _set_status(self, key: tuple[str, str], **changes: Any) -> None:
+        with self._lock:
+            record = self._records.get(key)
+            if record is None:  # deleted meanwhile
+                return
+            status = record.setdefault("status", {})
+            status.update(changes)
+            phase = status.get("phase")
+            if phase in ("Succeeded", "Failed"):
+                status["conditions"] = [
+                    {"type": phase, "status": "True", "reason": phase, "message": status.get("message", ""),
+                     "lastTransitionTime": _now()}
+                ]  # fmt: skip
+            self._save(key)
+
+    def create(self, obj: dict[str, Any], submitted_by: str) -> dict[str, Any]:
+        task = parse(obj)
+        assert isinstance(task, TaskOrchestration)
+        missing = sorted(set(task.spec.agent_refs()) - set(self.agents))
+        if missing:
+            raise TaskError(
+                422, "Invalid", f"TaskOrchestration {obj['metadata']['name']!r} refers to undefined OllamaAgents: "
+                f"{', '.join(missing)}; this gateway has {', '.join(sorted(self.agents)) or 'none'}",
+            )  # fmt: skip
+        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        with self._lock:
+            if key in self._records:
+                raise TaskError(409, "AlreadyExists", f'taskorchestrations "{key[1]}" already exists')
+            obj["metadata"].setdefault("annotations", {})["ai.stack/submitted-by"] = submitted_by
+            obj["metadata"]["creationTimestamp"] = _now()
+            obj["status"] = {"phase": "Pending", "message": "queued for the local runner"}
+            self._records[key] = obj
+            self._save(key)
+        self._pool.submit(self._execute, key)
+        return self.get(*key)
+
+    def _execute(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            record = self._records.get(key)
+            if record is None:
+                return
+            task = parse({k: v for k, v in record.items() if k != "status"})
+        done = {"steps": 0}
+
+        def on_task(name: str, event: str) -> None:
+            if event != "done":
+                return
+            done["steps"] += 1
+            self._set_status(
+                key, progress={"done": done["steps"], "text": f"{done['steps']} steps done, last {name}"}
+            )
+
+        self._set_status(key, phase="Running", startTime=_now(), message="running on the local runner")
+        try:
+            run = self._run(task, self.agents, out=f"{self.out}/{key[0]}/{key[1]}", on_task=on_task)
+        except Exception as e:  # reported in status, as the operator does for a failed workflow
+            self._set_status(key, phase="Failed", message=f"{type(e).__name__}: {e}", completionTime=_now())
+            return
+        published = json.loads(run.results.get("publish", "{}"))
+        try:  # the first final answers, so that a caller following over HTTP sees the result
+            summary = json.loads(open_storage(run.outputs).read_bytes("summary.json"))
+        except Exception as e:  # the run succeeded; only the preview is missing
+            summary = {"outputs": [f"(summary.json unreadable: {e})"]}
+        self._set_status(
+            key,
+            phase="Succeeded",
+            message=f"run {run.name} finished in {run.seconds:.1f}s",
+            completionTime=_now(),
+            workflowName=run.name,
+            outputs={"uri": run.outputs, "results": summary.get("outputs", [])[:5]},
+            tokens={"prompt": published.get("prompt_tokens", 0), "eval": published.get("eval_tokens", 0)},
+        )
+
+    def get(self, namespace: str, name: str) -> dict[str, Any]:
+        with self._lock:
+            record = self._records.get((namespace, name))
+            if record is None:
+                raise TaskError(
+                    404, "NotFound", f'taskorchestrations "{name}" not found in namespace "{namespace}"'
+                )
+            return json.loads(json.dumps(record))
+
+    def list(self, namespace: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [
+                json.loads(json.dumps(r)) for (ns, _), r in sorted(self._records.items()) if ns == namespace
+            ]
+
+    def delete(self, namespace: str, name: str) -> dict[str, Any]:
+        """Forget the task (outputs already written stay where they are); a run in progress
+        finishes in the background and is not recorded."""
+        record = self.get(namespace, name)
+        with self._lock:
+            self._records.pop((namespace, name), None)
+            self._path((namespace, name)).unlink(missing_ok=True)
+        return record
+
+    def ready(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
