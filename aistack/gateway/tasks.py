@@ -47,12 +47,13 @@ def validated(body: dict[str, Any], namespace: str, name: str) -> dict[str, Any]
         if body.get(key) not in (None, expected):
             raise TaskError(422, "Invalid", f"{key} must be {expected!r}, not {body.get(key)!r}")
     try:
-        parse(obj)
+        task = parse(obj)
     except InvalidResourceError as e:
         raise TaskError(
             422, "Invalid", f"TaskOrchestration {name!r} is invalid", [str(i) for i in e.issues]
         ) from e
-    return obj
+    # the object as the API server would store it: with the CRD's defaults applied
+    return task.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 class TaskBackend(Protocol):
