@@ -57,8 +57,8 @@ class Emulator(kmock.KubernetesEmulator):
 class ApiServer:
     """Starts the emulator on 127.0.0.1 (free port) in a thread; writes a kubeconfig for it."""
 
-    def __init__(self, tmp: Path, resources: list[str]) -> None:
-        self.tmp, self.resources = tmp, resources
+    def __init__(self, tmp: Path, resources: list[str], emulator: type[Emulator] = Emulator) -> None:
+        self.tmp, self.resources, self.emulator_class = tmp, resources, emulator
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.stopping: asyncio.Event | None = None
@@ -67,7 +67,7 @@ class ApiServer:
 
     async def _main(self) -> None:
         self.stopping = asyncio.Event()
-        async with Emulator() as emulator, kmock.Server(emulator) as server:
+        async with self.emulator_class() as emulator, kmock.Server(emulator) as server:
             emulator.resources.load_bundled()  # core and apps kinds, as discovered on K3s
             for resource in self.resources:
                 plural = resource.rsplit("/", 1)[1]

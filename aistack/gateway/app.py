@@ -186,7 +186,10 @@ def create_app(
 
     @app.get("/readyz", tags=["health"])
     async def readyz() -> dict[str, str]:
-        await run_in_threadpool(tasks.ready)
+        try:
+            await run_in_threadpool(tasks.ready)
+        except TaskError as e:  # e.g. the API server cannot be reached: not ready, not an error of ours
+            raise TaskError(503, "ServiceUnavailable", f"not ready: {e.message}") from e
         return {"status": "ready"}
 
     @app.get("/metrics", tags=["health"], response_class=Response)
