@@ -157,3 +157,35 @@ def test_ready_agents_answer(gateway: TestClient, cluster: ApiServer) -> None:
     )
     assert gateway.post("/pulling", json={"text": CONTEXT}, headers=as_user("alice-token")).status_code == 404
     assert gateway.get("/readyz").json() == {"status": "ready"}
+
+
+def test_gateway_rbac_is_what_its_code_calls() -> None:
+    """The gateway's ClusterRole grants exactly the API calls in its code, found by name."""
+    import re
+
+    import yaml
+    from conftest import ROOT
+
+    calls = set()
+    for module, group_of in (("tasks", "taskorchestrations"), ("agents", "ollamaagents"), ("auth", None)):
+        code = (ROOT / "aistack" / "gateway" / f"{module}.py").read_text()
+        for verb in re.findall(r"\.(create|get|list|delete)_namespaced_custom_object\(", code):
+            calls.add(("ai.stack", group_of, verb))
+        if "create_token_review(" in code:
+            calls.add(("authentication.k8s.io", "tokenreviews", "create"))
+        if "create_subject_access_review(" in code:
+            calls.add(("authorization.k8s.io", "subjectaccessreviews", "create"))
+    role = next(
+        d
+        for d in yaml.safe_load_all((ROOT / "infra/base/gateway/rbac.yaml").read_text())
+        if d["metadata"]["name"] == "aistack-gateway" and d["kind"] == "ClusterRole"
+    )
+    granted = {
+        (g, r, v)
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    assert granted == calls
+    assert len(calls) == 7  # two reviews, four task verbs, listing agents
