@@ -1,4 +1,4 @@
-# The aistack image: operator, workflow step runtime and embedded model server.
+# The aistack image: operator, gateway, workflow step runtime and embedded model server.
 # Build: docker build -t ghcr.io/aistack/aistack:0.1.0 .
 FROM python:3.11-slim AS build
 WORKDIR /src
@@ -21,6 +21,6 @@ RUN pip install --no-cache-dir --no-index --find-links /wheels aistack && rm -rf
 COPY --chown=10001:10001 datasets /opt/aistack/datasets
 ENV AISTACK_DATASETS=/opt/aistack/datasets PYTHONUNBUFFERED=1 HOME=/tmp
 USER 10001:10001
-EXPOSE 9090 8080 11434
+EXPOSE 9090 8080 8000 11434
 ENTRYPOINT ["aistack"]
 CMD ["--help"]

@@ -61,6 +61,7 @@ def test_built_wheel_contains_and_imports_every_layer(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "aistack/etl/chunking.py" in names
     assert "aistack/cli.py" in names
+    assert "aistack/gateway/app.py" in names
     assert not any(n.startswith(("etl/", "operator/", "crds/")) for n in names), "no top-level folders"
     # A pure-Python wheel is importable as a zip: prove the imports resolve inside it.
     out = _python(
