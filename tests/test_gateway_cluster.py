@@ -189,3 +189,27 @@ def test_gateway_rbac_is_what_its_code_calls() -> None:
     }
     assert granted == calls
     assert len(calls) == 7  # two reviews, four task verbs, listing agents
+
+
+def test_finished_tasks_show_their_results_from_s3(gateway: TestClient, cluster: ApiServer, s3: Any) -> None:
+    """The operator's status names the published run; the gateway adds its first answers, read
+    from summary.json over S3 (boto3 against the local S3 server), or says why it cannot."""
+    import json
+
+    from kubernetes import client, config
+
+    run = f"s3://{s3.bucket}/answers/run-1"
+    s3.put_object(
+        Bucket=s3.bucket,
+        Key="answers/run-1/summary.json",
+        Body=json.dumps({"outputs": ["Tuples are immutable."]}),
+    )
+    api = client.CustomObjectsApi(config.new_client_from_config(str(cluster.kubeconfig)))
+    for name, outputs in (("done", run), ("lost", f"s3://{s3.bucket}/answers/missing")):
+        body = {"apiVersion": "ai.stack/v1alpha1", "kind": "TaskOrchestration", "metadata": {"name": name},
+                "spec": TASK["spec"], "status": {"phase": "Succeeded", "outputs": outputs}}  # fmt: skip
+        api.create_namespaced_custom_object("ai.stack", "v1alpha1", "default", "taskorchestrations", body)
+    done = gateway.get("/v1/tasks/done", headers=as_user("bob-token")).json()
+    assert done["results"] == {"uri": run, "outputs": ["Tuples are immutable."]}
+    lost = gateway.get("/v1/tasks/lost", headers=as_user("bob-token"))
+    assert lost.status_code == 200 and "cannot read" in lost.json()["results"]["error"]

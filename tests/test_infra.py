@@ -264,7 +264,7 @@ def test_prod_overlay_matches_terraform() -> None:
     assert settings["region"] == _unquote(variables["region"]["default"])
     cluster = _unquote(variables["cluster_name"]["default"])
     assert settings["workflowRoleArn"].endswith(f":role/{cluster}-workflow")
-    assert settings["controlPlaneRoleArn"].endswith(f":role/{cluster}-control-plane")
+    assert settings["gatewayRoleArn"].endswith(f":role/{cluster}-gateway")
     repo = yaml.safe_load(by_kind(objects, "ConfigMap")["artifact-repositories"]["data"]["aistack-s3"])["s3"]
     assert (repo["bucket"], repo["region"], repo["useSDKCreds"]) == (
         settings["resultsBucket"],
@@ -282,9 +282,10 @@ def test_prod_overlay_matches_terraform() -> None:
         == settings["workflowRoleArn"]
     )
     assert (
-        accounts["aistack-operator"]["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
-        == settings["controlPlaneRoleArn"]
+        accounts["aistack-gateway"]["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+        == settings["gatewayRoleArn"]
     )
+    assert "annotations" not in accounts["aistack-operator"]["metadata"], "the operator has no AWS identity"
     assert (
         by_kind(objects, "StorageClass")["aistack-models"]["parameters"]["fileSystemId"]
         == settings["modelCacheFileSystemId"]

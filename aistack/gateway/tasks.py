@@ -72,6 +72,7 @@ class ClusterTasks:
 
         self._api = client.CustomObjectsApi(api_client)
         self._version = client.VersionApi(api_client)
+        self._previews: dict[str, dict[str, Any]] = {}
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         from kubernetes.client.exceptions import ApiException
@@ -100,9 +101,24 @@ class ClusterTasks:
         )
 
     def get(self, namespace: str, name: str) -> dict[str, Any]:
-        return self._call(
+        task = self._call(
             "get", lambda: self._api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
         )
+        uri = (task.get("status") or {}).get("outputs")
+        if (task.get("status") or {}).get("phase") == "Succeeded" and isinstance(uri, str):
+            task["results"] = self._results(uri)
+        return task
+
+    def _results(self, uri: str) -> dict[str, Any]:
+        """The first answers of a finished run, from its summary.json (read with the gateway's own
+        S3 identity: IRSA in prod). Cached: a published run never changes."""
+        if uri not in self._previews:
+            try:
+                summary = json.loads(open_storage(uri).read_bytes("summary.json"))
+                self._previews[uri] = {"uri": uri, "outputs": summary.get("outputs", [])[:5]}
+            except Exception as e:  # the task is still shown; the preview says why it is missing
+                return {"uri": uri, "error": f"cannot read {uri.rstrip('/')}/summary.json: {e}"}
+        return self._previews[uri]
 
     def list(self, namespace: str) -> list[dict[str, Any]]:
         found = self._call(

@@ -4,9 +4,10 @@ locals {
   irsa = {
     # workflow pods (serviceAccountName: aistack-workflow): read and write the results bucket
     workflow = "system:serviceaccount:aistack:aistack-workflow"
-    # the operator and the gateway: read results to report them
-    control_plane = "system:serviceaccount:aistack-system:*"
-    efs_csi       = "system:serviceaccount:kube-system:efs-csi-controller-sa"
+    # the gateway: reads a finished run's summary to show its answers. The operator has no AWS
+    # role: it talks only to the Kubernetes API server (its NetworkPolicy allows nothing else).
+    gateway = "system:serviceaccount:aistack-system:aistack-gateway"
+    efs_csi = "system:serviceaccount:kube-system:efs-csi-controller-sa"
   }
 }
 
@@ -24,7 +25,7 @@ data "aws_iam_policy_document" "irsa_trust" {
       values   = ["sts.amazonaws.com"]
     }
     condition {
-      test     = endswith(each.value, "*") ? "StringLike" : "StringEquals"
+      test     = "StringEquals"
       variable = "${local.oidc_issuer}:sub"
       values   = [each.value]
     }
@@ -36,9 +37,9 @@ resource "aws_iam_role" "workflow" {
   assume_role_policy = data.aws_iam_policy_document.irsa_trust["workflow"].json
 }
 
-resource "aws_iam_role" "control_plane" {
-  name               = "${var.cluster_name}-control-plane"
-  assume_role_policy = data.aws_iam_policy_document.irsa_trust["control_plane"].json
+resource "aws_iam_role" "gateway" {
+  name               = "${var.cluster_name}-gateway"
+  assume_role_policy = data.aws_iam_policy_document.irsa_trust["gateway"].json
 }
 
 resource "aws_iam_role" "efs_csi" {
@@ -94,8 +95,8 @@ resource "aws_iam_role_policy" "workflow" {
   policy = data.aws_iam_policy_document.results_read_write.json
 }
 
-resource "aws_iam_role_policy" "control_plane" {
+resource "aws_iam_role_policy" "gateway" {
   name   = "results-read"
-  role   = aws_iam_role.control_plane.id
+  role   = aws_iam_role.gateway.id
   policy = data.aws_iam_policy_document.results_read.json
 }

@@ -19,9 +19,9 @@ output "workflow_role_arn" {
   value       = aws_iam_role.workflow.arn
 }
 
-output "control_plane_role_arn" {
-  description = "IRSA role of the operator and gateway (aistack-cluster: controlPlaneRoleArn)."
-  value       = aws_iam_role.control_plane.arn
+output "gateway_role_arn" {
+  description = "IRSA role of the gateway (aistack-cluster: gatewayRoleArn)."
+  value       = aws_iam_role.gateway.arn
 }
 
 output "model_cache_file_system_id" {
