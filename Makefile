@@ -52,6 +52,7 @@ bench: setup
 	$(BIN)/python benchmarks/etl_throughput.py
 	$(BIN)/python benchmarks/agent_throughput.py
 	$(BIN)/python benchmarks/compile_speed.py
+	$(BIN)/python benchmarks/gateway_overhead.py
 
 clean:
 	rm -rf $(VENV) $(INFRA_VENV) out .pytest_cache .ruff_cache
