@@ -80,6 +80,11 @@ class LimitsMiddleware:
             exempt,
         )
 
+    async def _too_large(self, send: Send) -> None:
+        await _status(
+            send, 413, "RequestEntityTooLarge", f"the request body is over {self.max_body_bytes} bytes"
+        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -107,12 +112,7 @@ class LimitsMiddleware:
             declared = dict(scope.get("headers", [])).get(b"content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
                 code = 413
-                await _status(
-                    send,
-                    413,
-                    "RequestEntityTooLarge",
-                    f"the request body is over {self.max_body_bytes} bytes",
-                )
+                await self._too_large(send)
                 return
             key = _client_key(scope)
             if not self.limiter.acquire(key):
@@ -136,12 +136,7 @@ class LimitsMiddleware:
                 await self.app(scope, receive_counted, send_counted)
             except BodyTooLarge:
                 code = 413
-                await _status(
-                    send,
-                    413,
-                    "RequestEntityTooLarge",
-                    f"the request body is over {self.max_body_bytes} bytes",
-                )
+                await self._too_large(send)
             finally:
                 self.metrics.inflight.dec()
                 self.limiter.release(key)
