@@ -35,10 +35,12 @@ def kustomize(directory: Path) -> tuple[dict[str, Any], ...]:
 
 
 def kustomization_dirs() -> list[Path]:
-    """Every directory of the repository that holds a kustomization.yaml (venvs and .git aside)."""
+    """Every directory of the repository that holds a kustomization.yaml (venvs, .git and build outputs aside)."""
     found = []
     for top, dirs, files in os.walk(ROOT):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        dirs[:] = [
+            d for d in dirs if not d.startswith(".") and d not in ("build", "dist", "out")
+        ]  # not sources
         if "kustomization.yaml" in files:
             found.append(Path(top))
     return sorted(found)
