@@ -129,6 +129,10 @@ def test_a_task_is_submitted_and_followed_over_http(
         ).to_pylist()
         assert {r["stage"] for r in results} == {"qna-agent", "combine"}
         assert [t["metadata"]["name"] for t in http.get("/v1/tasks").json()["items"]] == ["tuples"]
+        # an agent streamed over a real socket: pieces arrive as NDJSON lines, then done
+        with http.stream("POST", "/summarize", json={"text": CONTEXT, "stream": True}) as streamed:
+            lines = [json.loads(line) for line in streamed.iter_lines() if line]
+        assert streamed.status_code == 200 and lines[-1]["done"] is True and len(lines) > 3
         assert http.delete("/v1/tasks/tuples").status_code == 200
         gone = http.get("/v1/tasks/tuples")
         assert gone.status_code == 404 and gone.json()["reason"] == "NotFound"
