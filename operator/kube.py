@@ -35,11 +35,15 @@ CALLS: set[tuple[str, str, str]] = {
 
 
 @functools.cache
-def api_client() -> client.ApiClient:
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
+def api_client(config_file: str | None = None) -> client.ApiClient:
+    """In a pod, its service account; elsewhere the kubeconfig (`config_file`, or the default)."""
+    if config_file is None:
+        try:
+            config.load_incluster_config()
+            return client.ApiClient()
+        except config.ConfigException:
+            pass
+    config.load_kube_config(config_file=config_file)
     return client.ApiClient()
 
 

@@ -75,6 +75,19 @@ def ollama_reachable(host: str) -> bool:
         return False
 
 
+def model_server(agents: dict[str, OllamaAgent]) -> tuple[str, EmbeddedModelServer | None]:
+    """Where the agents' models are served: `OLLAMA_HOST` when it answers, else aistack's
+    embedded model server, started here for their models (the caller stops it)."""
+    host = ollama_host()
+    if ollama_reachable(host):
+        return host, None
+    server = EmbeddedModelServer(
+        models=sorted({a.spec.model for a in agents.values()}),
+        parallel=max((a.spec.num_parallel for a in agents.values()), default=4),
+    )
+    return server.start(), server
+
+
 def _function(template: Any) -> Callable[..., Any]:
     args = template.script.args
     module, _, name = args[args.index("-e") + 1].partition(":")
@@ -163,17 +176,12 @@ def run_task(
     if isinstance(wf, CronWorkflow):  # locally a scheduled task runs once, now
         task.spec.schedule = None
         wf = compile_task(task, agents, name=name)
-    host = configured = ollama_host()
-    server = None
-    if not ollama_reachable(host):
-        models = sorted({a.spec.model for a in agents.values()})
-        server = EmbeddedModelServer(
-            models=models, parallel=max(a.spec.num_parallel for a in agents.values())
-        )
-        host = server.start()
+    configured = ollama_host()
+    host, server = model_server(agents)
+    if server is not None:
         if on_event:
             on_event(f"no Ollama at {configured}: started aistack's "
-                     f"embedded extractive engine at {host} for {', '.join(models)}")  # fmt: skip
+                     f"embedded extractive engine at {host} for {', '.join(server.models)}")  # fmt: skip
     elif on_event:
         on_event(f"using Ollama at {host}")
     saved = os.environ.get("OLLAMA_HOST")

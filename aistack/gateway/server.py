@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI
 
@@ -30,22 +29,14 @@ def load_agents(files: tuple[Path, ...]) -> dict[str, OllamaAgent]:
     return agents
 
 
-def kubernetes_client(kubeconfig: str | None) -> Any:
-    from kubernetes import client, config
-
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config()
-    else:
-        config.load_kube_config(config_file=kubeconfig)
-    return client.ApiClient()
-
-
 def build_app(settings: GatewaySettings) -> tuple[FastAPI, str]:
     """The app and a line describing what it serves."""
     limits = {"max_body_bytes": settings.max_body_bytes, "client_concurrency": settings.client_concurrency,
               "request_timeout": settings.request_timeout, "default_namespace": settings.namespace}  # fmt: skip
     if settings.mode == "cluster":
-        api = kubernetes_client(settings.kubeconfig)
+        from aistack.operator.kube import api_client
+
+        api = api_client(settings.kubeconfig)
         app = create_app(tasks=ClusterTasks(api), agents=ClusterAgents(api, settings.ollama_host),
                          auth=KubernetesAuth(api), **limits)  # fmt: skip
         return (
@@ -53,18 +44,11 @@ def build_app(settings: GatewaySettings) -> tuple[FastAPI, str]:
             f"cluster mode: API server {api.configuration.host}, default namespace {settings.namespace}",
         )
 
-    from aistack.pipelines.local import ollama_reachable
-    from aistack.pipelines.runtime import ollama_host
-    from aistack.steps.model_server import EmbeddedModelServer
+    from aistack.pipelines.local import model_server
 
     agents = load_agents(settings.agent_files)
-    host, server = ollama_host(), None
-    if not ollama_reachable(host):
-        models = sorted({a.spec.model for a in agents.values()})
-        server = EmbeddedModelServer(
-            models=models, parallel=max([a.spec.num_parallel for a in agents.values()] or [4])
-        )
-        host = server.start()
+    host, server = model_server(agents)
+    if server is not None:
         os.environ["OLLAMA_HOST"] = host  # the local runner's steps call the same server
     out = settings.out or Path("out", "gateway").resolve().as_uri()
     tasks = LocalTasks(agents, out, settings.state_dir, settings.workers)
