@@ -16,10 +16,10 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from aistack.crds.models import OllamaAgent
+from aistack.crds.models import AgentRole, OllamaAgent
 from aistack.crds.validation import InvalidResourceError, parse
 from aistack.etl.encodings import load_encoding
-from aistack.gateway.tasks import GROUP, VERSION, TaskError
+from aistack.gateway.tasks import GROUP, VERSION, GatewayError
 from aistack.pipelines.runtime import agent_config
 from aistack.steps.model_client import ModelCallError, ModelClient
 from aistack.steps.roles import StageSettings, role
@@ -111,7 +111,7 @@ class ClusterAgents:
                 "items"
             ]
         except ApiException as e:
-            raise TaskError(
+            raise GatewayError(
                 502, "BadGateway", f"listing OllamaAgents in {namespace!r}: API server answered {e.status}"
             ) from e
         served = {}
@@ -141,10 +141,10 @@ def resolve_bare(agents: dict[str, ServedAgent], endpoint: str) -> ServedAgent:
     """The one agent whose endpoint is `endpoint` (the seed's `POST /summarize` form)."""
     matches = [a for a in agents.values() if a.endpoint == endpoint]
     if not matches:
-        raise TaskError(404, "NotFound", f"no agent serves {endpoint}; see GET /v1/agents")
+        raise GatewayError(404, "NotFound", f"no agent serves {endpoint}; see GET /v1/agents")
     if len(matches) > 1:
         names = ", ".join(sorted(a.name for a in matches))
-        raise TaskError(
+        raise GatewayError(
             409,
             "Conflict",
             f"{endpoint} is served by several agents ({names}): call /v1/agents/<agent>{endpoint}",
@@ -162,7 +162,7 @@ class AgentCaller:
 
     def _client(self, served: ServedAgent) -> ModelClient:
         if served.host is None:
-            raise TaskError(
+            raise GatewayError(
                 503, "ServiceUnavailable",
                 f"agent {served.name!r} runs in batch mode and has no model server between batches; "
                 "make it a service-mode agent or start the gateway with --ollama-host",
@@ -182,15 +182,15 @@ class AgentCaller:
             prompt=request.prompt,
         )
         r = role(config.role)
-        if r.name == "classifier" and not settings.labels:
-            raise TaskError(
+        if r.name == AgentRole.CLASSIFIER and not settings.labels:
+            raise GatewayError(
                 422, "Invalid", f"agent {served.name!r} is a classifier: send labels (two or more)"
             )
         if served.agent.spec.context_tokens:
             budget = served.agent.spec.context_tokens - r.overhead_tokens(settings) - r.answer_tokens
             tokens = len(load_encoding().encode_ordinary(request.text))
             if tokens > budget:
-                raise TaskError(
+                raise GatewayError(
                     413, "RequestEntityTooLarge",
                     f"text has {tokens} tokens; agent {served.name!r} ({served.agent.spec.model}, context "
                     f"{served.agent.spec.context_tokens}) fits {max(0, budget)}: submit a task to chunk it",
@@ -206,14 +206,14 @@ class AgentCaller:
                 call_agent(client, config, settings, request.text, None, CONTRACT_RETRIES), self.timeout
             )
         except TimeoutError as e:
-            raise TaskError(
+            raise GatewayError(
                 504,
                 "Timeout",
                 f"agent {served.name!r} did not answer within {self.timeout:g}s (retries included)",
             ) from e
         if result is None:
             status = 422 if error and error.startswith("output contract") else 502
-            raise TaskError(
+            raise GatewayError(
                 status, "BadGateway" if status == 502 else "Invalid", f"agent {served.name!r}: {error}"
             )
         value, _ = role(config.role).check(result.content, settings)
@@ -229,7 +229,7 @@ class AgentCaller:
         config, settings = self._prepare(served, request)
         r = role(config.role)
         if r.output_schema(settings) is not None:
-            raise TaskError(
+            raise GatewayError(
                 422,
                 "Invalid",
                 f"agent {served.name!r} answers JSON ({r.name}); streaming is for free-text roles",
@@ -244,7 +244,7 @@ class AgentCaller:
         except StopAsyncIteration:
             first = ""
         except ModelCallError as e:
-            raise TaskError(502, "BadGateway", f"agent {served.name!r}: {e}") from e
+            raise GatewayError(502, "BadGateway", f"agent {served.name!r}: {e}") from e
 
         async def lines() -> AsyncIterator[bytes]:
             started, parts = time.perf_counter(), [first]

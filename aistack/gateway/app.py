@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -29,7 +28,7 @@ from aistack import __version__
 from aistack.gateway.agents import AgentCaller, AgentDirectory, AgentRequest, AgentResponse, resolve_bare
 from aistack.gateway.auth import Access, Authenticator, AuthError, Caller, bearer
 from aistack.gateway.limits import ClientLimiter, LimitsMiddleware
-from aistack.gateway.tasks import TaskBackend, TaskError, validated
+from aistack.gateway.tasks import GatewayError, TaskBackend, validated
 
 log = logging.getLogger("aistack.gateway")
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -139,8 +138,8 @@ def create_app(
         exempt=("/healthz", "/readyz", "/metrics"),
     )
 
-    @app.exception_handler(TaskError)
-    async def task_error(request: Request, exc: TaskError) -> JSONResponse:
+    @app.exception_handler(GatewayError)
+    async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
         return error(exc.status, exc.reason, exc.message, exc.details)
 
     @app.exception_handler(AuthError)
@@ -188,8 +187,8 @@ def create_app(
     async def readyz() -> dict[str, str]:
         try:
             await run_in_threadpool(tasks.ready)
-        except TaskError as e:  # e.g. the API server cannot be reached: not ready, not an error of ours
-            raise TaskError(503, "ServiceUnavailable", f"not ready: {e.message}") from e
+        except GatewayError as e:  # e.g. the API server cannot be reached: not ready, not an error of ours
+            raise GatewayError(503, "ServiceUnavailable", f"not ready: {e.message}") from e
         return {"status": "ready"}
 
     @app.get("/metrics", tags=["health"], response_class=Response)
@@ -270,13 +269,13 @@ def create_app(
         caller = await authenticate(request)  # before anything about agents is revealed
         served = (await run_in_threadpool(agents.agents, ns)).get(agent)
         if served is None:
-            raise TaskError(
+            raise GatewayError(
                 404,
                 "NotFound",
                 f"no ready agent {agent!r} with an endpoint in namespace {ns!r}; see GET /v1/agents",
             )
         if served.endpoint != f"/{endpoint}":
-            raise TaskError(404, "NotFound", f"agent {agent!r} serves {served.endpoint}, not /{endpoint}")
+            raise GatewayError(404, "NotFound", f"agent {agent!r} serves {served.endpoint}, not /{endpoint}")
         return await invoke(request, caller, served, call)
 
     @app.post("/{endpoint:path}", response_model=AgentResponse, tags=["agents"],
@@ -289,6 +288,4 @@ def create_app(
         served = resolve_bare(await run_in_threadpool(agents.agents, ns), f"/{endpoint}")
         return await invoke(request, caller, served, call)
 
-    app.state.metrics = metrics
-    app.state.started = time.time()
     return app

@@ -23,8 +23,9 @@ GROUP, VERSION, PLURAL = "ai.stack", "v1alpha1", "taskorchestrations"
 API_VERSION = f"{GROUP}/{VERSION}"
 
 
-class TaskError(Exception):
-    """A request the backend refuses: HTTP status, Kubernetes-style reason, message, details."""
+class GatewayError(Exception):
+    """A request the gateway refuses or cannot serve: HTTP status, Kubernetes-style reason,
+    message, details (answered as a Status object)."""
 
     def __init__(self, status: int, reason: str, message: str, details: list[str] | None = None) -> None:
         super().__init__(message)
@@ -45,11 +46,11 @@ def validated(body: dict[str, Any], namespace: str, name: str) -> dict[str, Any]
     }
     for key, expected in (("apiVersion", API_VERSION), ("kind", "TaskOrchestration")):
         if body.get(key) not in (None, expected):
-            raise TaskError(422, "Invalid", f"{key} must be {expected!r}, not {body.get(key)!r}")
+            raise GatewayError(422, "Invalid", f"{key} must be {expected!r}, not {body.get(key)!r}")
     try:
         task = parse(obj)
     except InvalidResourceError as e:
-        raise TaskError(
+        raise GatewayError(
             422, "Invalid", f"TaskOrchestration {name!r} is invalid", [str(i) for i in e.issues]
         ) from e
     # the object as the API server would store it: with the CRD's defaults applied
@@ -90,7 +91,7 @@ class ClusterTasks:
                 f"{c.get('field', '')}: {c.get('message', '')}"
                 for c in (status.get("details") or {}).get("causes", [])
             ]
-            raise TaskError(code, status.get("reason") or "BadGateway", message, causes) from e
+            raise GatewayError(code, status.get("reason") or "BadGateway", message, causes) from e
 
     def create(self, obj: dict[str, Any], submitted_by: str) -> dict[str, Any]:
         meta = obj["metadata"]
@@ -200,14 +201,14 @@ class LocalTasks:
         assert isinstance(task, TaskOrchestration)
         missing = sorted(set(task.spec.agent_refs()) - set(self.agents))
         if missing:
-            raise TaskError(
+            raise GatewayError(
                 422, "Invalid", f"TaskOrchestration {obj['metadata']['name']!r} refers to undefined OllamaAgents: "
                 f"{', '.join(missing)}; this gateway has {', '.join(sorted(self.agents)) or 'none'}",
             )  # fmt: skip
         key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
         with self._lock:
             if key in self._records:
-                raise TaskError(409, "AlreadyExists", f'taskorchestrations "{key[1]}" already exists')
+                raise GatewayError(409, "AlreadyExists", f'taskorchestrations "{key[1]}" already exists')
             obj["metadata"].setdefault("annotations", {})["ai.stack/submitted-by"] = submitted_by
             obj["metadata"]["creationTimestamp"] = _now()
             obj["status"] = {"phase": "Pending", "message": "queued for the local runner"}
@@ -257,7 +258,7 @@ class LocalTasks:
         with self._lock:
             record = self._records.get((namespace, name))
             if record is None:
-                raise TaskError(
+                raise GatewayError(
                     404, "NotFound", f'taskorchestrations "{name}" not found in namespace "{namespace}"'
                 )
             return json.loads(json.dumps(record))
