@@ -213,3 +213,20 @@ def test_finished_tasks_show_their_results_from_s3(gateway: TestClient, cluster:
     assert done["results"] == {"uri": run, "outputs": ["Tuples are immutable."]}
     lost = gateway.get("/v1/tasks/lost", headers=as_user("bob-token"))
     assert lost.status_code == 200 and "cannot read" in lost.json()["results"]["error"]
+
+
+def test_auth_caches_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many distinct callers or task names cannot grow the review caches without end."""
+    import time
+
+    from aistack.gateway import auth
+
+    monkeypatch.setattr(auth, "CACHE_LIMIT", 10)
+    cache: dict[Any, Any] = {}
+    for i in range(10):
+        auth._remember(cache, i, (time.monotonic() - 1, "expired"))
+    auth._remember(cache, "new", (time.monotonic() + 30, "fresh"))
+    assert list(cache) == ["new"], "expired entries went first"
+    for i in range(20):
+        auth._remember(cache, i, (time.monotonic() + 30, "fresh"))
+    assert len(cache) <= 10

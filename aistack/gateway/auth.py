@@ -87,6 +87,21 @@ class StaticTokenAuth:
             )
 
 
+CACHE_LIMIT = 4096
+
+
+def _remember(cache: dict[Any, Any], key: Any, entry: tuple[Any, ...]) -> None:
+    """Store an (expiry, ...) entry; past CACHE_LIMIT entries, expired ones are dropped first, so
+    that many distinct callers or task names cannot grow the cache without end."""
+    if len(cache) >= CACHE_LIMIT:
+        now = time.monotonic()
+        for stale in [k for k, v in cache.items() if v[0] <= now]:
+            del cache[stale]
+        if len(cache) >= CACHE_LIMIT:
+            cache.clear()  # all fresh: start over rather than grow (answers are re-asked, not wrong)
+    cache[key] = entry
+
+
 @dataclass
 class KubernetesAuth:
     """Cluster mode: TokenReview says who the token belongs to, SubjectAccessReview whether that
@@ -117,7 +132,7 @@ class KubernetesAuth:
                 f"token rejected by the API server: {getattr(status, 'error', None) or 'not authenticated'}",
             )
         caller = Caller(status.user.username, tuple(status.user.groups or ()), key)
-        self._tokens[key] = (time.monotonic() + self.ttl, caller)
+        _remember(self._tokens, key, (time.monotonic() + self.ttl, caller))
         return caller
 
     def authorize(self, caller: Caller, access: Access) -> None:
@@ -144,7 +159,7 @@ class KubernetesAuth:
                 )
             )
             allowed, reason = bool(review.status.allowed), review.status.reason or ""
-            self._decisions[(caller, access)] = (time.monotonic() + self.ttl, allowed, reason)
+            _remember(self._decisions, (caller, access), (time.monotonic() + self.ttl, allowed, reason))
         if not allowed:
             what = access.resource + (f"/{access.subresource}" if access.subresource else "")
             target = f" {access.name!r}" if access.name else ""

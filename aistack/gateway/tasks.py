@@ -7,6 +7,7 @@ shows it.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -73,7 +74,6 @@ class ClusterTasks:
 
         self._api = client.CustomObjectsApi(api_client)
         self._version = client.VersionApi(api_client)
-        self._previews: dict[str, dict[str, Any]] = {}
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         from kubernetes.client.exceptions import ApiException
@@ -110,16 +110,14 @@ class ClusterTasks:
             task["results"] = self._results(uri)
         return task
 
-    def _results(self, uri: str) -> dict[str, Any]:
+    @staticmethod
+    def _results(uri: str) -> dict[str, Any]:
         """The first answers of a finished run, from its summary.json (read with the gateway's own
-        S3 identity: IRSA in prod). Cached: a published run never changes."""
-        if uri not in self._previews:
-            try:
-                summary = json.loads(open_storage(uri).read_bytes("summary.json"))
-                self._previews[uri] = {"uri": uri, "outputs": summary.get("outputs", [])[:5]}
-            except Exception as e:  # the task is still shown; the preview says why it is missing
-                return {"uri": uri, "error": f"cannot read {uri.rstrip('/')}/summary.json: {e}"}
-        return self._previews[uri]
+        S3 identity: IRSA in prod)."""
+        try:
+            return {"uri": uri, "outputs": list(_first_outputs(uri))}
+        except Exception as e:  # the task is still shown; the preview says why it is missing
+            return {"uri": uri, "error": f"cannot read {uri.rstrip('/')}/summary.json: {e}"}
 
     def list(self, namespace: str) -> list[dict[str, Any]]:
         found = self._call(
@@ -135,6 +133,11 @@ class ClusterTasks:
 
     def ready(self) -> None:
         self._call("version", self._version.get_code)
+
+
+@functools.lru_cache(maxsize=256)  # a published run never changes; failures are not cached
+def _first_outputs(uri: str) -> tuple[Any, ...]:
+    return tuple(json.loads(open_storage(uri).read_bytes("summary.json")).get("outputs", [])[:5])
 
 
 RunFn = Callable[..., Any]
