@@ -287,7 +287,8 @@ def test_roles_with_json_contracts(tmp_path: Path, model_server: EmbeddedModelSe
 
 def test_model_server_faults_are_retried_or_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     flaky = EmbeddedModelServer(models=["aistack-extractive"], faults=Faults(error_rate=0.5, seed=3))
-    monkeypatch.setenv("OLLAMA_HOST", flaky.start())
+    host = flaky.start()
+    monkeypatch.setenv("OLLAMA_HOST", host)
     try:
         with TestClient(make_app(tmp_path)) as c:
             answers = [
@@ -298,15 +299,9 @@ def test_model_server_faults_are_retried_or_reported(tmp_path: Path, monkeypatch
             # the server goes away: the call fails after its retries, naming the server
             flaky.stop()
             r = c.post("/summarize", json={"text": f"{CONTEXT} Once more."}, headers=AUTH)
-            assert r.status_code == 502 and flaky_host(c) in r.json()["message"], r.json()
+            assert r.status_code == 502 and host.removeprefix("http://") in r.json()["message"], r.json()
     finally:
         flaky.stop()
-
-
-def flaky_host(c: TestClient) -> str:
-    import os
-
-    return os.environ["OLLAMA_HOST"].removeprefix("http://")
 
 
 def test_slow_agents_time_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,13 +25,9 @@ PROMETHEUS_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 EXACT_VERSION = re.compile(r"v?\d+\.\d+\.\d+")
 
 
-def built(directory: Path) -> tuple[dict[str, Any], ...]:
-    return kustomize(directory)
-
-
 @pytest.mark.parametrize("directory", kustomization_dirs(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_kustomization_builds_with_kubectl(directory: Path) -> None:
-    objects = built(directory)
+    objects = kustomize(directory)
     assert objects, f"{directory} builds to nothing"
     ids = [
         (o["apiVersion"].split("/")[0], o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"])
@@ -110,21 +106,23 @@ def _structural(obj: dict[str, Any]) -> list[str]:
                                        INFRA / "flux" / "clusters" / "dev", INFRA / "flux" / "clusters" / "prod"],
                          ids=lambda p: str(p.relative_to(ROOT)))  # fmt: skip
 def test_every_built_object_validates(directory: Path) -> None:
-    errors = [e for obj in built(directory) for e in _validate(obj)]
+    errors = [e for obj in kustomize(directory) for e in _validate(obj)]
     assert errors == []
 
 
 def test_validation_catches_bad_objects() -> None:
     """The validators above are not vacuous: each kind of mistake is reported."""
-    deployment = next(o for o in built(INFRA / "base") if o["kind"] == "Deployment")
+    deployment = next(o for o in kustomize(INFRA / "base") if o["kind"] == "Deployment")
     bad = yaml.safe_load(yaml.safe_dump(deployment))
     bad["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = 7
     bad["spec"]["replicaz"] = 1
     assert _validate(bad)
-    agent = yaml.safe_load(yaml.safe_dump(by_kind(built(INFRA / "base"), "OllamaAgent")["qna-agent"]))
+    agent = yaml.safe_load(yaml.safe_dump(by_kind(kustomize(INFRA / "base"), "OllamaAgent")["qna-agent"]))
     agent["spec"]["resources"]["gpu"] = -1
     assert any("gpu" in e for e in _validate(agent))
-    release = yaml.safe_load(yaml.safe_dump(by_kind(built(INFRA / "base"), "HelmRelease")["argo-workflows"]))
+    release = yaml.safe_load(
+        yaml.safe_dump(by_kind(kustomize(INFRA / "base"), "HelmRelease")["argo-workflows"])
+    )
     release["spec"]["chart"]["spec"]["version"] = ">=2.0.0"
     assert any("pinned" in e for e in _validate(release))
 
@@ -132,8 +130,8 @@ def test_validation_catches_bad_objects() -> None:
 def test_layers_split_the_platform_without_overlap() -> None:
     """The four layers of each overlay together are exactly the overlay; CRDs come first, CRs last."""
     for overlay in OVERLAYS.values():
-        whole = {(o["kind"], o["metadata"]["name"]) for o in built(overlay)}
-        parts = [{(o["kind"], o["metadata"]["name"]) for o in built(overlay / layer)} for layer in LAYERS]
+        whole = {(o["kind"], o["metadata"]["name"]) for o in kustomize(overlay)}
+        parts = [{(o["kind"], o["metadata"]["name"]) for o in kustomize(overlay / layer)} for layer in LAYERS]
         assert set().union(*parts) == whole and sum(map(len, parts)) == len(whole)
         assert {k for k, _ in parts[0]} == {"CustomResourceDefinition"}
         assert {k for k, _ in parts[2]} == {"OllamaAgent"} and {k for k, _ in parts[3]} == {
@@ -143,7 +141,7 @@ def test_layers_split_the_platform_without_overlap() -> None:
 
 def test_flux_applies_layers_in_order() -> None:
     for env, overlay in OVERLAYS.items():
-        objects = built(INFRA / "flux" / "clusters" / env)
+        objects = kustomize(INFRA / "flux" / "clusters" / env)
         ks = by_kind(objects, "Kustomization")
         assert set(ks) == {
             "aistack-crds",
@@ -167,7 +165,7 @@ def test_flux_applies_layers_in_order() -> None:
 
 
 def test_helm_releases_point_at_declared_repositories() -> None:
-    objects = built(INFRA / "base")
+    objects = kustomize(INFRA / "base")
     repos = {(r["metadata"]["namespace"], n) for n, r in by_kind(objects, "HelmRepository").items()}
     releases = by_kind(objects, "HelmRelease")
     assert set(releases) == {"argo-workflows", "gpu-operator", "kube-prometheus-stack"}
@@ -187,7 +185,7 @@ def test_compiled_workflows_find_what_they_reference() -> None:
         v["persistentVolumeClaim"]["claimName"] for t in spec["templates"] for v in t.get("volumes", [])
     )
     for overlay in OVERLAYS.values():
-        objects = built(overlay)
+        objects = kustomize(overlay)
         namespace = {o["metadata"]["namespace"] for o in objects if o["kind"] == "TaskOrchestration"}
         assert namespace == {"aistack"}
         in_ns = {
@@ -209,7 +207,7 @@ def test_compiled_workflows_find_what_they_reference() -> None:
 
 
 def test_dev_overlay_runs_without_gpus() -> None:
-    objects = built(OVERLAYS["dev"])
+    objects = kustomize(OVERLAYS["dev"])
     assert "gpu-operator" not in by_kind(objects, "HelmRelease")
     agents = by_kind(objects, "OllamaAgent")
     assert agents and all(
@@ -256,7 +254,7 @@ def _block(tf: dict[str, Any], kind: str, type_: str, name: str | None = None) -
 def test_prod_overlay_matches_terraform() -> None:
     """The prod overlay's cluster settings are Terraform's defaults and naming, and every object that
     needs them agrees: one bucket, one region, the IRSA roles Terraform creates."""
-    objects = built(OVERLAYS["prod"])
+    objects = kustomize(OVERLAYS["prod"])
     settings = by_kind(objects, "ConfigMap")["aistack-cluster"]["data"]
     tf = _terraform()
     variables = {_unquote(k): v for block in tf["variable"] for k, v in block.items()}
@@ -415,7 +413,7 @@ def _policies_for(
 
 def test_network_policies_fence_ollama_and_the_operator() -> None:
     for overlay in OVERLAYS.values():
-        objects = built(overlay)
+        objects = kustomize(overlay)
         ollama = _policies_for(
             objects, "aistack", {"app.kubernetes.io/name": "ollama", "ai.stack/agent": "qna-agent"}
         )
