@@ -279,6 +279,7 @@ class ModelClient:
         (the caller already has part of the answer)."""
 
         async def open_stream() -> tuple[Any, Any]:
+            self.stats["requests"] += 1  # per attempt, as for chat()
             stream = await self._client.chat(
                 model=model, messages=messages, options=options or None, keep_alive=keep_alive, stream=True
             )
@@ -287,7 +288,6 @@ class ModelClient:
             return iterator, first
 
         async with self._slots:
-            self.stats["requests"] += 1
             (iterator, first), _ = await self._with_retries(f"model {model!r}", open_stream)
             self.stats["calls"] += 1
             part = first

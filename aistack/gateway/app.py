@@ -25,7 +25,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aistack import __version__
-from aistack.gateway.agents import AgentCaller, AgentDirectory, AgentRequest, AgentResponse, resolve_bare
+from aistack.gateway.agents import (
+    AgentCaller,
+    AgentDirectory,
+    AgentRequest,
+    AgentResponse,
+    ServedAgent,
+    resolve_bare,
+)
 from aistack.gateway.auth import Access, Authenticator, AuthError, Caller, bearer
 from aistack.gateway.limits import ClientLimiter, LimitsMiddleware
 from aistack.gateway.tasks import GatewayError, TaskBackend, validated
@@ -241,7 +248,7 @@ def create_app(
         served = await run_in_threadpool(agents.agents, ns)
         return {"items": [a.describe() for a in sorted(served.values(), key=lambda a: a.name)]}
 
-    async def invoke(request: Request, caller: Caller, served: Any, call: AgentRequest) -> Any:
+    async def invoke(request: Request, caller: Caller, served: ServedAgent, call: AgentRequest) -> Any:
         await check(
             request,
             Access("create", "ollamaagents", served.namespace, served.name, "invoke", write=True),
