@@ -1,5 +1,6 @@
 """infra/: every kustomization builds with the real kubectl, every built object validates, the
-overlays say what the docs promise, and checkov reports zero failed checks."""
+overlays say what the docs promise, and checkov reports zero failed checks (Terraform itself:
+test_terraform.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 import yaml
 from conftest import ROOT
 from infra_tools import INFRA, by_kind, checkov, kustomization_dirs, kustomize
+from test_terraform import terraform, unquote
 
 from aistack.crds.validation import validate_object
 
@@ -22,7 +24,7 @@ LAYERS = ("crds", "controllers", "agents", "tasks")
 # kinds whose schema lives outside Kubernetes: checked structurally below
 FLUX_KINDS = {"HelmRelease", "HelmRepository", "GitRepository", "Kustomization"}
 PROMETHEUS_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
-EXACT_VERSION = re.compile(r"v?\d+\.\d+\.\d+")
+EXACT_VERSION = re.compile(r"v?\d+\.\d+\.\d+")  # a pinned chart version
 
 
 @pytest.mark.parametrize("directory", kustomization_dirs(), ids=lambda p: str(p.relative_to(ROOT)))
@@ -224,43 +226,16 @@ def test_dev_overlay_runs_without_gpus() -> None:
     assert all(f'"{b}"' in job for b in buckets), "the bucket job creates every bucket the tasks write to"
 
 
-def _terraform() -> dict[str, Any]:
-    import hcl2
-
-    merged: dict[str, Any] = {}
-    for path in sorted((INFRA / "cluster-iac").glob("*.tf")):
-        with path.open() as f:
-            for key, blocks in hcl2.load(f).items():
-                merged.setdefault(key, []).extend(blocks)
-    return merged
-
-
-def _unquote(value: Any) -> Any:
-    return value.strip('"') if isinstance(value, str) else value
-
-
-def _block(tf: dict[str, Any], kind: str, type_: str, name: str | None = None) -> dict[str, Any]:
-    for block in tf[kind]:
-        for key, body in block.items():
-            if _unquote(key) == type_:
-                if name is None:
-                    return body
-                for k2, b2 in body.items():
-                    if _unquote(k2) == name:
-                        return b2
-    raise KeyError(f"{kind} {type_} {name}")
-
-
-def test_prod_overlay_matches_terraform() -> None:
+def test_prod_overlay_matchesterraform() -> None:
     """The prod overlay's cluster settings are Terraform's defaults and naming, and every object that
     needs them agrees: one bucket, one region, the IRSA roles Terraform creates."""
     objects = kustomize(OVERLAYS["prod"])
     settings = by_kind(objects, "ConfigMap")["aistack-cluster"]["data"]
-    tf = _terraform()
-    variables = {_unquote(k): v for block in tf["variable"] for k, v in block.items()}
-    assert settings["resultsBucket"] == _unquote(variables["results_bucket"]["default"])
-    assert settings["region"] == _unquote(variables["region"]["default"])
-    cluster = _unquote(variables["cluster_name"]["default"])
+    tf = terraform()
+    variables = {unquote(k): v for block in tf["variable"] for k, v in block.items()}
+    assert settings["resultsBucket"] == unquote(variables["results_bucket"]["default"])
+    assert settings["region"] == unquote(variables["region"]["default"])
+    cluster = unquote(variables["cluster_name"]["default"])
     assert settings["workflowRoleArn"].endswith(f":role/{cluster}-workflow")
     assert settings["gatewayRoleArn"].endswith(f":role/{cluster}-gateway")
     repo = yaml.safe_load(by_kind(objects, "ConfigMap")["artifact-repositories"]["data"]["aistack-s3"])["s3"]
@@ -294,86 +269,6 @@ def test_prod_overlay_matches_terraform() -> None:
     assert agents and all(
         a["spec"]["resources"]["gpu"] >= 1 and not a["spec"]["model"].startswith("aistack-") for a in agents
     )
-
-
-def test_terraform_declares_the_gpu_cluster() -> None:
-    tf = _terraform()
-    providers = tf["terraform"][0]["required_providers"][0]
-    assert EXACT_VERSION.fullmatch(_unquote(providers["aws"]["version"]))
-    for name in ("eks", "vpc"):
-        assert EXACT_VERSION.fullmatch(_unquote(_block(tf, "module", name)["version"]))
-    groups = _block(tf, "module", "eks")["eks_managed_node_groups"]
-    assert set(groups) == {"cpu", "gpu"}
-    gpu = groups["gpu"]
-    assert _unquote(gpu["ami_type"]).endswith("NVIDIA")
-    assert [(_unquote(t["key"]), _unquote(t["effect"])) for t in gpu["taints"].values()] == [
-        ("nvidia.com/gpu", "NO_SCHEDULE")
-    ]
-    assert gpu["labels"] == {'"nvidia.com/gpu.present"': '"true"'} or gpu["labels"] == {
-        "nvidia.com/gpu.present": '"true"'
-    }
-    assert "taints" not in groups["cpu"]
-    assert _block(tf, "module", "eks")["enable_irsa"] is True
-
-
-def test_terraform_bucket_is_private_encrypted_and_scoped() -> None:
-    tf = _terraform()
-    block = _block(tf, "resource", "aws_s3_bucket_public_access_block", "results")
-    assert all(
-        block[k] is True
-        for k in ("block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets")
-    )
-    sse = _block(tf, "resource", "aws_s3_bucket_server_side_encryption_configuration", "results")
-    assert (
-        _unquote(sse["rule"][0]["apply_server_side_encryption_by_default"][0]["sse_algorithm"]) == "aws:kms"
-    )
-    policy = _block(tf, "data", "aws_iam_policy_document", "results_bucket")["statement"][0]
-    assert _unquote(policy["effect"]) == "Deny" and policy["condition"][0]["values"] == ['"false"']
-    # IRSA: the workflow role trusts exactly the workflow service account, and its S3 rights name only the bucket
-    local_blocks = [b for b in tf["locals"] if "irsa" in b]
-    assert _unquote(local_blocks[0]["irsa"]["workflow"]) == "system:serviceaccount:aistack:aistack-workflow"
-    for document in ("results_read_write", "results_read"):
-        for statement in _block(tf, "data", "aws_iam_policy_document", document)["statement"]:
-            for resource in statement["resources"]:
-                assert "aws_s3_bucket.results.arn" in resource or "aws_kms_key.data.arn" in resource, resource
-
-
-def terraform_fmt_problems(name: str, text: str) -> list[str]:
-    """terraform fmt's layout (no terraform binary can be had here): two-space indentation, one
-    level per line that opens brackets; no trailing spaces; the `=` of one-line arguments on
-    consecutive lines aligned (as hclwrite does: a line that opens a multi-line value, a comment
-    or a blank line ends the run)."""
-    problems, depth, runs = [], 0, []  # runs: [[(line number, column of "=")]]
-    for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
-        closing = stripped.startswith(("}", "]", ")"))
-        if stripped and not stripped.startswith("#") and line != " " * 2 * (depth - closing) + stripped:
-            problems.append(f"{name}:{number}: indentation")
-        if line.endswith(" "):
-            problems.append(f"{name}:{number}: trailing space")
-        rhs = line.split("=", 1)[1] if "=" in line else ""
-        one_line = sum(rhs.count(c) for c in "{[(") == sum(rhs.count(c) for c in "}])")
-        if re.match(r"^\s*[\w\"./-]+\s*= ", line) and one_line:
-            if runs and runs[-1][-1][0] == number - 1:
-                runs[-1].append((number, line.index("=")))
-            else:
-                runs.append([(number, line.index("="))])
-        net = sum(stripped.count(c) for c in "{[(") - sum(stripped.count(c) for c in "}])")
-        depth += (net > 0) - (net < 0)
-    return problems + [
-        f"{name}:{r[0][0]}-{r[-1][0]}: '=' not aligned" for r in runs if len({c for _, c in r}) > 1
-    ]
-
-
-def test_terraform_is_formatted() -> None:
-    problems = [
-        p
-        for path in sorted((INFRA / "cluster-iac").glob("*.tf"))
-        for p in terraform_fmt_problems(path.name, path.read_text())
-    ]
-    assert problems == []
-    bad = 'resource "x" "y" {\n  a = 1\n  bbb = 2\n   c = {\n  }\n}\n'
-    assert terraform_fmt_problems("bad.tf", bad) == ["bad.tf:4: indentation", "bad.tf:2-3: '=' not aligned"]
 
 
 @pytest.mark.parametrize("framework", ["kubernetes", "kustomize", "terraform"])
