@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import traceback
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -21,6 +19,8 @@ from rich.progress import (
 from rich.table import Table
 
 from aistack import __version__
+from aistack.console import console, fail, out, state
+from aistack.gateway.command import gateway_command
 
 app = typer.Typer(
     name="aistack",
@@ -29,9 +29,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-out = Console()
-_state = {"debug": False}
 
 
 def _version(value: bool) -> None:
@@ -47,7 +44,7 @@ def main(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    _state["debug"] = debug
+    state["debug"] = debug
 
 
 def _bounded_malloc() -> None:
@@ -63,15 +60,6 @@ def _bounded_malloc() -> None:
     if sys.platform.startswith("linux") and name:
         with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
             ctypes.CDLL(name).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB
-
-
-def fail(exc: BaseException) -> None:
-    """One clear line and exit code 1; the traceback only with --debug."""
-    if _state["debug"]:
-        traceback.print_exception(exc)
-    message = str(exc) or type(exc).__name__
-    console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
-    raise typer.Exit(1)
 
 
 def progress_bar() -> Progress:
@@ -397,57 +385,7 @@ def operator_run(
         )
 
 
-@app.command("gateway")
-def gateway_command(
-    mode: Annotated[
-        str, typer.Option(help="local: run tasks here; cluster: create TaskOrchestration CRs.")
-    ] = "local",
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    namespace: Annotated[
-        str, typer.Option("-n", "--namespace", help="Default namespace of tasks and agents.")
-    ] = "default",
-    agents: Annotated[
-        list[Path] | None, typer.Option("--agents", help="Local mode: OllamaAgent YAML (repeatable).")
-    ] = None,
-    out: Annotated[
-        str | None, typer.Option(help="Local mode: where runs write (URI; default ./out/gateway).")
-    ] = None,
-    state_dir: Annotated[Path, typer.Option(help="Local mode: task records (kept across restarts).")] = Path(
-        "out/gateway/state"
-    ),
-    kubeconfig: Annotated[
-        str | None, typer.Option(help="Cluster mode: kubeconfig (default: in-cluster, then ~/.kube/config).")
-    ] = None,
-    ollama_host: Annotated[
-        str | None, typer.Option(help="Cluster mode: Ollama for batch-mode agents' endpoints.")
-    ] = None,
-    max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 1 << 20,
-    client_concurrency: Annotated[int, typer.Option(help="Requests in flight per caller before 429.")] = 8,
-    request_timeout: Annotated[float, typer.Option(help="Seconds an agent call may take.")] = 300.0,
-) -> None:
-    """Serve the HTTP API: POST/GET/DELETE /v1/tasks, agent endpoints, /metrics, /healthz; OpenAPI at /docs.
-    Local mode takes its bearer token from $AISTACK_GATEWAY_TOKEN; cluster mode checks callers'
-    Kubernetes tokens (TokenReview) and their RBAC (SubjectAccessReview)."""
-    import uvicorn
-
-    from aistack.gateway.server import build_app
-    from aistack.gateway.settings import GatewaySettings
-
-    if mode not in ("local", "cluster"):
-        fail(ValueError(f"--mode must be local or cluster, not {mode!r}"))
-    try:
-        settings = GatewaySettings(
-            mode=mode,  # type: ignore[arg-type]
-            namespace=namespace, agent_files=tuple(agents or ()), out=out, state_dir=state_dir,
-            kubeconfig=kubeconfig, ollama_host=ollama_host, max_body_bytes=max_body_bytes,
-            client_concurrency=client_concurrency, request_timeout=request_timeout,
-        )  # fmt: skip
-        api, description = build_app(settings)
-    except Exception as exc:
-        fail(exc)
-    console.print(f"aistack gateway on http://{host}:{port} ({description}); OpenAPI at /docs")
-    uvicorn.run(api, host=host, port=port, log_level="info", proxy_headers=True)
+app.command("gateway")(gateway_command)
 
 
 def run() -> None:  # pragma: no cover - console entry
