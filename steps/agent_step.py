@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from aistack.etl.parquet_io import DatasetWriter, iter_table
 from aistack.etl.schemas import RESULTS
 from aistack.steps.model_client import ModelClient, ResultCache, RetryPolicy, concurrency_for
-from aistack.steps.roles import NO_ANSWER
+from aistack.steps.roles import AgentConfig, is_no_answer
 from aistack.steps.stages import InputRecord, ProgressFn, StageFailedError, StageOutcome, StageSpec, run_stage
 
 
@@ -25,7 +26,7 @@ def read_records(uri: str, table: str) -> Iterator[InputRecord]:
             rows = zip(*(batch.column(i).to_pylist() for i in range(len(columns))), strict=True)
             for rid, response, final, error, role_name in rows:
                 # a Q&A agent's "no answer" carries nothing for the next stage
-                if final and error is None and not (role_name == "qna" and response.strip() == NO_ANSWER):
+                if final and error is None and not (role_name == "qna" and is_no_answer(response)):
                     yield InputRecord(rid, response)
     else:
         raise ValueError(f"cannot read records from table {table!r}: use chunks or results")
@@ -33,7 +34,8 @@ def read_records(uri: str, table: str) -> Iterator[InputRecord]:
 
 @dataclass
 class AgentStepOptions:
-    host: str
+    host: str  # the model server of agents not in `agent_hosts`
+    agent_hosts: dict[str, str] = field(default_factory=dict)  # agent name -> its model server
     cache_uri: str | None = None
     concurrency: int | None = None  # default: concurrency_for(the agent's numParallel)
     timeout: float = 600.0
@@ -52,18 +54,29 @@ def run_agent_step(
 
     async def go() -> tuple[StageOutcome, dict[str, int]]:
         cache = ResultCache(options.cache_uri) if options.cache_uri else None
-        client = ModelClient(
-            options.host,
-            concurrency=options.concurrency or concurrency_for(stage.agent.num_parallel),
-            timeout=options.timeout,
-            retry=options.retry,
-            cache=cache,
-        )
+        clients: dict[str, ModelClient] = {}
+
+        def client_for(agent: AgentConfig) -> ModelClient:
+            host = options.agent_hosts.get(agent.name, options.host)
+            if host not in clients:
+                clients[host] = ModelClient(
+                    host,
+                    concurrency=options.concurrency or concurrency_for(stage.agent.num_parallel),
+                    timeout=options.timeout,
+                    retry=options.retry,
+                    cache=cache,
+                )
+            return clients[host]
+
         try:
-            outcome = await run_stage(client, stage, records, progress)
+            outcome = await run_stage(client_for, stage, records, progress)
         finally:
-            await client.close()
-        return outcome, dict(client.stats)
+            for client in clients.values():
+                await client.close()
+        stats: Counter[str] = Counter()
+        for client in clients.values():
+            stats.update(client.stats)
+        return outcome, dict(stats)
 
     outcome, stats = asyncio.run(go())
     dataset = DatasetWriter(out_uri)

@@ -78,9 +78,14 @@ class CallResult:
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """A model as the server reports it, and who really answers for it."""
+
     name: str
-    digest: str
-    context_length: int | None
+    digest: str  # of the model that answers: part of every cache key
+    context_length: int | None  # trained context (Ollama's model_info), not the server's num_ctx
+    served_model: str = ""  # the model that answers: the name itself, or what stands in for it
+    engine: str = ""  # e.g. "ollama 0.12.6" or "llama.cpp (xllamacpp 2026.10.11549)"
+    stand_in: bool = False
 
 
 class ResultCache:
@@ -182,13 +187,37 @@ class ModelClient:
                 f"model {model!r} is not available at {self.host} (it has: {names}); pull it first"
             )
         show, _ = await self._with_retries(f"showing model {model!r}", lambda: self._client.show(model))
+        model_info = dict(show.modelinfo or {})
         context = None
-        for key, value in (show.modelinfo or {}).items():
+        for key, value in model_info.items():
             if key.endswith(".context_length") and isinstance(value, int):
                 context = value
-        info = ModelInfo(model, entry.digest or "", context)
+        # aistack's embedded server says what really answers; a real Ollama is what it says it is
+        engine = model_info.get("aistack.engine") or f"ollama {await self._server_version()}"
+        info = ModelInfo(
+            model,
+            entry.digest or "",
+            context,
+            served_model=str(model_info.get("aistack.served_by") or entry.model or wanted),
+            engine=str(engine),
+            stand_in=bool(model_info.get("aistack.stand_in", False)),
+        )
         self._models[model] = info
         return info
+
+    async def _server_version(self) -> str:
+        """`/api/version` (the official client has no method for it: same httpx client, same host)."""
+
+        async def get() -> str:
+            response = await self._client._client.get("/api/version")
+            response.raise_for_status()
+            return str(response.json().get("version", "unknown"))
+
+        try:
+            version, _ = await self._with_retries("asking the server's version", get)
+        except ModelCallError:
+            return "unknown"
+        return str(version)
 
     async def chat(
         self,

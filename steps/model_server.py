@@ -1,13 +1,22 @@
-"""aistack's embedded model server: Ollama's REST API in front of the extractive engine.
+"""aistack's embedded model server: Ollama's REST API in front of aistack's own engines.
 
-It lets every pipeline run on a machine with no Ollama and no GPU, through the very same
-client code path (the official `ollama` client over HTTP). It speaks `/api/chat`,
-`/api/generate` (NDJSON streaming by default, or `stream: false`), `/api/embed`, `/api/tags`,
-`/api/show`, `/api/ps`, `/api/version`, `/api/pull` and `HEAD /`, with Ollama's fields,
-error bodies and status codes (400, 404, 503 when the queue is full). `/api/show` says what
-it really is. `parallel` bounds concurrent generations like `OLLAMA_NUM_PARALLEL`;
-`max_queue` like `OLLAMA_MAX_QUEUE`. `Faults` inject latency, 5xx errors and dropped
-connections for reliability tests.
+It lets every pipeline run on a machine with no Ollama and no GPU, through the very same client
+code path (the official `ollama` client over HTTP). Two engines answer (steps.engine_api):
+- `llama.cpp`: a real small LLM, SmolLM2-135M-Instruct, served natively as `smollm2:135m`;
+- `aistack-extractive`: deterministic, no weights, served as `aistack-extractive[:tag]`.
+
+Any other name the server is asked to serve (`models`) is a **stand-in**: answered by
+`stand_in_engine`, and said so everywhere a client can look. `/api/show` carries
+`aistack.served_by`, `aistack.engine` and `aistack.stand_in` in `model_info`, and `/api/tags`
+gives the engine's own digest, so a result cache never mixes a stand-in's answers with the real
+model's.
+
+Routes: `/api/chat`, `/api/generate` (NDJSON streaming by default, or `stream: false`),
+`/api/embed` (extractive only), `/api/tags`, `/api/show`, `/api/ps`, `/api/version`,
+`/api/pull`, `HEAD /`, with Ollama's fields, error bodies and status codes (400, 404, 503 when
+the queue is full). `parallel` bounds concurrent generations per engine like
+`OLLAMA_NUM_PARALLEL`, `max_queue` like `OLLAMA_MAX_QUEUE`; `Faults` inject latency, 5xx
+errors and dropped connections for reliability tests.
 """
 
 from __future__ import annotations
@@ -15,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import random
+import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -27,11 +37,22 @@ from typing import Any
 from aiohttp import web
 
 from aistack.etl.encodings import load_encoding
-from aistack.steps import engine
+from aistack.steps import model_weights
+from aistack.steps.engine_api import (
+    Engine,
+    EngineError,
+    Generation,
+    GenerationRequest,
+    check_options,
+    keep_alive_seconds,
+)
+from aistack.steps.extractive import EXTRACTIVE_MODEL, ExtractiveEngine
+from aistack.steps.server_faults import BUSY, CRASH, Faults
 
-BUILTIN_MODEL = "aistack-extractive:latest"
-BUSY = "server busy, please try again.  maximum pending requests exceeded"
-CRASH = "llama runner process has terminated: signal: killed"
+__all__ = ["BUSY", "CRASH", "EmbeddedModelServer", "Faults", "normalize"]
+
+log = logging.getLogger(__name__)
+ENGINES = ("llama", "extractive")
 
 try:
     _VERSION = version("aistack")
@@ -43,55 +64,91 @@ def normalize(name: str) -> str:
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
-def digest(name: str) -> str:
-    return hashlib.sha256(
-        f"aistack-extractive/{engine.ENGINE_VERSION}/{normalize(name)}".encode()
-    ).hexdigest()
+def _iso(epoch: float) -> str:
+    if math.isinf(epoch):  # kept loaded forever: Ollama shows a far future date
+        epoch = 253402300799.0
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
 
 
-@dataclass
-class Faults:
-    """Test-only fault injection; each request draws once from a seeded generator."""
+@dataclass(frozen=True)
+class Served:
+    """A model name this server answers to, and what really answers it."""
 
-    latency: float = 0.0  # seconds each generation holds its slot
-    error_rate: float = 0.0  # answered 503 (busy) or 500 (runner crash), alternating
-    drop_rate: float = 0.0  # connection closed with no response
-    slow_rate: float = 0.0  # requests that take `slow_seconds` more
-    slow_seconds: float = 0.0
-    seed: int = 0
-
-    @classmethod
-    def parse(cls, spec: str) -> Faults:
-        """`latency=0.05,error_rate=0.1,...` (the CLI's --faults)."""
-        values: dict[str, Any] = {}
-        for item in filter(None, spec.split(",")):
-            key, _, raw = item.partition("=")
-            if key not in cls.__dataclass_fields__:
-                raise ValueError(f"unknown fault {key!r}; known: {sorted(cls.__dataclass_fields__)}")
-            values[key] = int(raw) if key == "seed" else float(raw)
-        return cls(**values)
+    name: str
+    engine: str  # llama | extractive
+    stand_in: bool
 
 
 @dataclass
 class EmbeddedModelServer:
-    models: list[str] = field(default_factory=list)  # extra names served by the engine
+    models: list[str] = field(default_factory=list)  # names to serve besides the native ones
     parallel: int = 4
     max_queue: int = 512
-    context_length: int = 8192
+    context_length: int | None = None  # default num_ctx, like OLLAMA_CONTEXT_LENGTH
     faults: Faults = field(default_factory=Faults)
+    stand_in_engine: str = "llama"  # what answers for `models` that no engine owns
+    keep_alive: str | float | None = None  # default keep-alive, like OLLAMA_KEEP_ALIVE (5m)
 
     def __post_init__(self) -> None:
-        self.names = {normalize(BUILTIN_MODEL), *(normalize(m) for m in self.models)}
+        if self.stand_in_engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.stand_in_engine!r}; engines are {list(ENGINES)}")
+        self.default_keep_alive = keep_alive_seconds(self.keep_alive, 300.0)
+        self.served: dict[str, Served] = {}
+        self._add(EXTRACTIVE_MODEL, "extractive", stand_in=False)
+        try:
+            model_weights.gguf_path()
+            self._add(model_weights.NATIVE_MODEL, "llama", stand_in=False)
+        except model_weights.WeightsMissingError:
+            if self.stand_in_engine == "llama" and self.models:
+                raise
+        for name in self.models:
+            full = normalize(name)
+            if full in self.served:
+                continue
+            if full.startswith("aistack-extractive:"):  # more names of the extractive engine
+                self._add(full, "extractive", stand_in=False)
+            else:
+                self._add(full, self.stand_in_engine, stand_in=True)
         self.stats: Counter[str] = Counter()
-        self._rng = random.Random(self.faults.seed)
-        self._errors = 0
+        self._engines: dict[str, Engine] = {}
+        self._engines_lock = threading.Lock()
         self._pending = 0
-        self._slots: asyncio.Semaphore | None = None
-        self._loaded: dict[str, float] = {}
+        self._slots: dict[str, asyncio.Semaphore] = {}
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
+        self._reaper: asyncio.Task[None] | None = None
         self.url = ""
+
+    def _add(self, name: str, engine: str, stand_in: bool) -> None:
+        full = normalize(name)
+        self.served[full] = Served(full, engine, stand_in)
+
+    @property
+    def names(self) -> set[str]:
+        return set(self.served)
+
+    def stand_ins(self) -> dict[str, str]:
+        """Each stand-in name and the model that really answers it."""
+        return {
+            s.name: (model_weights.NATIVE_MODEL if s.engine == "llama" else EXTRACTIVE_MODEL)
+            for s in self.served.values()
+            if s.stand_in
+        }
+
+    def engine(self, kind: str) -> Engine:
+        """The engine of that kind, created on first use (the LLM's weights load only if asked)."""
+        with self._engines_lock:
+            if kind not in self._engines:
+                if kind == "llama":
+                    from aistack.steps.llama_engine import LlamaEngine
+
+                    self._engines[kind] = LlamaEngine(
+                        parallel=self.parallel, context_length=self.context_length
+                    )
+                else:
+                    self._engines[kind] = ExtractiveEngine()
+            return self._engines[kind]
 
     # ------------------------------------------------------------------ app
 
@@ -119,37 +176,37 @@ class EmbeddedModelServer:
     async def _version(self, request: web.Request) -> web.Response:
         return web.json_response({"version": f"{_VERSION}-aistack-embedded"})
 
-    def _model_entry(self, name: str) -> dict[str, Any]:
+    async def _card(self, served: Served) -> Any:
+        return await asyncio.to_thread(self.engine(served.engine).card)
+
+    async def _model_entry(self, served: Served) -> dict[str, Any]:
+        card = await self._card(served)
         return {
-            "name": name,
-            "model": name,
+            "name": served.name,
+            "model": served.name,
             "modified_at": "2026-01-01T00:00:00Z",
-            "size": 0,
-            "digest": digest(name),
-            "details": {
-                "parent_model": "",
-                "format": "aistack",
-                "family": "aistack-extractive",
-                "families": ["aistack-extractive"],
-                "parameter_size": "0",
-                "quantization_level": "none",
-            },
+            "size": card.size,
+            "digest": card.digest,
+            "details": card.details,
         }
 
     async def _tags(self, request: web.Request) -> web.Response:
-        return web.json_response({"models": [self._model_entry(n) for n in sorted(self.names)]})
+        entries = [await self._model_entry(self.served[n]) for n in sorted(self.served)]
+        return web.json_response({"models": entries})
 
     async def _ps(self, request: web.Request) -> web.Response:
-        expires = datetime.fromtimestamp(time.time() + 300, UTC).isoformat().replace("+00:00", "Z")
-        running = [
-            {
-                **self._model_entry(n),
-                "expires_at": expires,
-                "size_vram": 0,
-                "context_length": self.context_length,
-            }
-            for n in sorted(self._loaded)
-        ]
+        running = []
+        for kind, engine in sorted(self._engines.items()):
+            for entry in engine.running():
+                served = self.served.get(entry["name"]) or Served(entry["name"], kind, False)
+                running.append(
+                    {
+                        **await self._model_entry(served),
+                        "expires_at": _iso(entry["expires_at"]),
+                        "size_vram": 0,
+                        "context_length": entry["context_length"],
+                    }
+                )
         return web.json_response({"models": running})
 
     async def _body(self, request: web.Request) -> dict[str, Any] | web.Response:
@@ -164,41 +221,47 @@ class EmbeddedModelServer:
             return self._error(400, "request body must be a JSON object")
         return body
 
-    def _known(self, body: dict[str, Any]) -> str | web.Response:
+    def _known(self, body: dict[str, Any]) -> Served | web.Response:
         name = body.get("model") or body.get("name")
         if not name or not isinstance(name, str):
             return self._error(400, "model is required")
-        full = normalize(name)
-        if full not in self.names:
+        served = self.served.get(normalize(name))
+        if served is None:
             return self._error(404, f'model "{name}" not found, try pulling it first')
-        return full
+        return served
 
-    async def _model_request(self, request: web.Request) -> tuple[dict[str, Any], str] | web.Response:
+    async def _model_request(self, request: web.Request) -> tuple[dict[str, Any], Served] | web.Response:
         """The JSON body and the served model it names, or Ollama's error response."""
         body = await self._body(request)
         if isinstance(body, web.Response):
             return body
-        name = self._known(body)
-        return name if isinstance(name, web.Response) else (body, name)
+        served = self._known(body)
+        return served if isinstance(served, web.Response) else (body, served)
 
     async def _show(self, request: web.Request) -> web.Response:
         parsed = await self._model_request(request)
         if isinstance(parsed, web.Response):
             return parsed
-        _, name = parsed
+        _, served = parsed
+        card = await self._card(served)
+        provenance = {
+            "aistack.engine": card.engine,
+            "aistack.served_by": card.served_model,
+            "aistack.stand_in": served.stand_in,
+        }
+        modelfile = card.modelfile
+        if served.stand_in:
+            modelfile = (
+                f"# {served.name} is a STAND-IN here: {card.served_model} answers for it.\n" + modelfile
+            )
         return web.json_response(
             {
-                "modelfile": "# aistack embedded engine: deterministic and extractive, not a language model.\n"
-                f"# It quotes and scores the given context; engine version {engine.ENGINE_VERSION}.\n",
-                "parameters": f"num_ctx {self.context_length}",
-                "template": "{{ .Prompt }}",
-                "details": self._model_entry(name)["details"],
-                "model_info": {
-                    "general.architecture": "aistack-extractive",
-                    "general.description": "aistack embedded extractive engine (not a language model)",
-                    "aistack-extractive.context_length": self.context_length,
-                },
-                "capabilities": ["completion"],
+                "modelfile": modelfile,
+                "parameters": card.parameters,
+                "template": card.template,
+                "details": card.details,
+                "model_info": {**card.model_info, **provenance},
+                "capabilities": list(card.capabilities),
                 "modified_at": "2026-01-01T00:00:00Z",
             }
         )
@@ -207,31 +270,33 @@ class EmbeddedModelServer:
         body = await self._body(request)
         if isinstance(body, web.Response):
             return body
-        name = body.get("model") or body.get("name") or ""
-        known = normalize(str(name)) in self.names
+        name = str(body.get("model") or body.get("name") or "")
+        served = self.served.get(normalize(name)) if name else None
         lines: list[dict[str, Any]] = [{"status": "pulling manifest"}]
-        if known:
-            d = digest(str(name))
+        if served is not None:
+            d = (await self._card(served)).digest
             lines += [
                 {"status": f"pulling {d[:12]}", "digest": f"sha256:{d}", "total": 1, "completed": 1},
                 {"status": "verifying sha256 digest"},
                 {"status": "writing manifest"},
                 {"status": "success"},
             ]
-        else:
+        else:  # nothing is ever downloaded: only what the server already serves "pulls"
             lines.append({"error": "pull model manifest: file does not exist"})
         if body.get("stream", True) is False:
-            if not known:
+            if served is None:
                 return self._error(500, lines[-1]["error"])
             return web.json_response({"status": "success"})
-        return await self._ndjson(request, lines)
-
-    async def _ndjson(self, request: web.Request, lines: list[dict[str, Any]]) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await resp.prepare(request)
+        resp = await self._open_stream(request)
         for line in lines:
             await resp.write(json.dumps(line).encode() + b"\n")
         await resp.write_eof()
+        return resp
+
+    @staticmethod
+    async def _open_stream(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
         return resp
 
     # ------------------------------------------------------------------ generation
@@ -242,30 +307,67 @@ class EmbeddedModelServer:
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         return await self._complete(request, chat=False)
 
+    def _generation_request(self, body: dict[str, Any], served: Served, chat: bool) -> GenerationRequest:
+        """Ollama's request checked as Ollama checks it, for the engine; EngineError if refused."""
+        name = served.name
+        fmt = body.get("format")
+        if fmt not in (None, "", "json") and not isinstance(fmt, dict):
+            raise EngineError(
+                400, f'invalid format: {json.dumps(fmt)}; expected "json" or a valid JSON Schema object'
+            )
+        if body.get("think"):
+            raise EngineError(400, f'"{name}" does not support thinking')
+        raw_prompt = None
+        if chat:
+            messages = body.get("messages")
+            if messages is not None and not isinstance(messages, list):
+                raise EngineError(400, "messages must be a list")
+            messages = messages or []
+            if body.get("tools"):
+                raise EngineError(400, f'"{name}" does not support tools')
+            for m in messages:
+                if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool"):
+                    raise EngineError(400, "each message needs a role: system, user, assistant or tool")
+                if m.get("images"):
+                    raise EngineError(400, f'"{name}" does not support images')
+        else:
+            if body.get("images"):
+                raise EngineError(400, f'"{name}" does not support images')
+            if body.get("suffix"):
+                raise EngineError(400, f'"{name}" does not support insert')
+            if body.get("raw") and (body.get("template") or body.get("system") or body.get("context")):
+                raise EngineError(400, "raw mode does not support template, system, or context")
+            if body.get("template"):
+                raise EngineError(400, "the embedded engines do not support template overrides")
+            prompt, system = str(body.get("prompt") or ""), str(body.get("system") or "")
+            if body.get("raw"):
+                raw_prompt, messages = prompt, []
+            else:
+                messages = [*([{"role": "system", "content": system}] if system else []),
+                            *([{"role": "user", "content": prompt}] if prompt else [])]  # fmt: skip
+        return GenerationRequest(
+            model=name,
+            messages=messages,
+            options=check_options(body.get("options")),
+            format=fmt or None,
+            raw_prompt=raw_prompt,
+            keep_alive=keep_alive_seconds(body.get("keep_alive"), self.default_keep_alive),
+        )
+
     async def _complete(self, request: web.Request, chat: bool) -> web.StreamResponse:
         self.stats["requests"] += 1
         parsed = await self._model_request(request)
         if isinstance(parsed, web.Response):
             return parsed
-        body, name = parsed
-        fmt = body.get("format")
-        if fmt not in (None, "", "json") and not isinstance(fmt, dict):
-            return self._error(
-                400, f'invalid format: {json.dumps(fmt)}; expected "json" or a valid JSON Schema object'
-            )
-        if chat:
-            messages = body.get("messages")
-            if messages is not None and not isinstance(messages, list):
-                return self._error(400, "messages must be a list")
-            messages = messages or []
-            system = "\n".join(m.get("content", "") for m in messages if m.get("role") == "system")
-            prompt = "\n\n".join(m.get("content", "") for m in messages if m.get("role") != "system")
-        else:
-            system, prompt = str(body.get("system") or ""), str(body.get("prompt") or "")
+        body, served = parsed
+        try:
+            gen_request = self._generation_request(body, served, chat)
+        except EngineError as exc:
+            return self._error(exc.status, str(exc))
         if self._pending >= self.max_queue:
             self.stats["busy"] += 1
             return self._error(503, BUSY)
-        fault = self._draw_fault()
+        fault = self.faults.draw()
         if fault == "drop":
             self.stats["dropped"] += 1
             assert request.transport is not None
@@ -274,108 +376,112 @@ class EmbeddedModelServer:
         if fault in ("busy", "crash"):
             self.stats[fault] += 1
             return self._error(503, BUSY) if fault == "busy" else self._error(500, CRASH)
+        engine = self.engine(served.engine)
+        stream = body.get("stream", True) is not False
         started = time.perf_counter_ns()
         self._pending += 1
         try:
-            assert self._slots is not None
-            async with self._slots:
+            async with self._slots.setdefault(served.engine, asyncio.Semaphore(self.parallel)):
                 self.stats["generations"] += 1
-                load_ns = 0
-                if name not in self._loaded:
-                    load_ns = 1_000_000
-                self._loaded[name] = time.time()
                 slot_started = time.perf_counter()
-                if not prompt.strip() and not system.strip():
-                    return self._final(request, body, name, chat, "", started, load_ns, 0, "load")
-                options = body.get("options") or {}
-                content = engine.respond(prompt, system, fmt or None)
-                num_predict = options.get("num_predict")
-                reason = "stop"
-                if isinstance(num_predict, int) and num_predict > 0 and fmt is None:
-                    enc = load_encoding()
-                    tokens = enc.encode_ordinary(content)
-                    if len(tokens) > num_predict:
-                        content, reason = enc.decode(tokens[:num_predict]), "length"
-                prompt_tokens = len(load_encoding().encode_ordinary(system + prompt))
-                # `latency` is the whole time a generation holds its slot, compute included
-                delay = self.faults.latency + (self.faults.slow_seconds if fault == "slow" else 0.0)
-                remaining = delay - (time.perf_counter() - slot_started)
-                if remaining > 0:
-                    await asyncio.sleep(remaining)
+                if gen_request.empty:
+                    load_ns = await engine.load(gen_request)
+                    reason = "unload" if gen_request.keep_alive <= 0 else "load"
+                    done = Generation("", reason, 0, 0, load_ns=load_ns)
+                    return web.json_response(self._final(served, chat, done, started))
+                if not stream:
+                    generation = await engine.generate(gen_request)
+                    await self._hold(fault, slot_started)
+                    return web.json_response(
+                        self._final(served, chat, generation, started, generation.content)
+                    )
+                return await self._stream(
+                    request, served, chat, engine, gen_request, started, fault, slot_started
+                )
+        except EngineError as exc:
+            return self._error(exc.status, str(exc))
         finally:
             self._pending -= 1
-        if body.get("stream", True) is False:
-            return self._final(request, body, name, chat, content, started, load_ns, prompt_tokens, reason)
-        return await self._stream(request, name, chat, content, started, load_ns, prompt_tokens, reason)
 
-    def _draw_fault(self) -> str | None:
-        f = self.faults
-        roll = self._rng.random()
-        if roll < f.drop_rate:
-            return "drop"
-        if roll < f.drop_rate + f.error_rate:
-            self._errors += 1
-            return "busy" if self._errors % 2 else "crash"
-        if roll < f.drop_rate + f.error_rate + f.slow_rate:
-            return "slow"
-        return None
+    async def _hold(self, fault: str | None, slot_started: float) -> None:
+        """`latency` is the whole time a generation holds its slot, compute included."""
+        delay = self.faults.latency + (self.faults.slow_seconds if fault == "slow" else 0.0)
+        remaining = delay - (time.perf_counter() - slot_started)
+        if remaining > 0:
+            await asyncio.sleep(remaining)
 
-    @staticmethod
-    def _now() -> str:
-        return datetime.now(UTC).isoformat().replace("+00:00", "Z")
-
-    def _metrics(
-        self, content: str, started: int, load_ns: int, prompt_tokens: int, reason: str
-    ) -> dict[str, Any]:
-        total = time.perf_counter_ns() - started
-        eval_count = len(load_encoding().encode_ordinary(content)) if content else 0
-        return {
-            "done": True,
-            "done_reason": reason,
-            "total_duration": total,
-            "load_duration": load_ns,
-            "prompt_eval_count": prompt_tokens,
-            "prompt_eval_duration": total // 4,
-            "eval_count": eval_count,
-            "eval_duration": total // 2,
-        }
+    async def _stream(
+        self, request: web.Request, served: Served, chat: bool, engine: Engine, gen_request: GenerationRequest,
+        started: int, fault: str | None, slot_started: float,
+    ) -> web.StreamResponse:  # fmt: skip
+        """NDJSON as the engine produces text. Headers go out with the first piece, so an error
+        before any text is a plain HTTP error; one after is a final `{"error": ...}` line."""
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        task = asyncio.ensure_future(engine.generate(gen_request, pieces.put_nowait))
+        task.add_done_callback(lambda _: pieces.put_nowait(None))
+        resp: web.StreamResponse | None = None
+        try:
+            while (piece := await pieces.get()) is not None:
+                if resp is None:
+                    resp = await self._open_stream(request)
+                await resp.write(json.dumps(self._part(served, chat, piece, done=False)).encode() + b"\n")
+            try:
+                generation = task.result()
+            except EngineError as exc:
+                if resp is None:
+                    return self._error(exc.status, str(exc))
+                await resp.write(json.dumps({"error": str(exc)}).encode() + b"\n")
+                await resp.write_eof()
+                return resp
+            await self._hold(fault, slot_started)
+            if resp is None:
+                resp = await self._open_stream(request)
+            await resp.write(json.dumps(self._final(served, chat, generation, started)).encode() + b"\n")
+            await resp.write_eof()
+            return resp
+        finally:
+            if not task.done():
+                task.cancel()  # the client went away: stop generating
 
     def _final(
-        self, request: web.Request, body: dict[str, Any], name: str, chat: bool, content: str,
-        started: int, load_ns: int, prompt_tokens: int, reason: str,
-    ) -> web.Response:  # fmt: skip
-        out = self._part(name, chat, content, done=True)
-        out.update(self._metrics(content, started, load_ns, prompt_tokens, reason))
-        return web.json_response(out)
+        self, served: Served, chat: bool, generation: Generation, started: int, content: str = ""
+    ) -> dict[str, Any]:
+        out = self._part(served, chat, content, done=True)
+        out.update(
+            {
+                "done_reason": generation.done_reason,
+                "total_duration": time.perf_counter_ns() - started,
+                "load_duration": generation.load_ns,
+                "prompt_eval_count": generation.prompt_tokens,
+                "prompt_eval_duration": generation.prompt_eval_ns,
+                "eval_count": generation.eval_tokens,
+                "eval_duration": generation.eval_ns,
+            }
+        )
+        return out
 
-    def _part(self, name: str, chat: bool, text: str, done: bool) -> dict[str, Any]:
+    @staticmethod
+    def _part(served: Served, chat: bool, text: str, done: bool) -> dict[str, Any]:
         """One response object: chat carries a message, generate a response string."""
-        part: dict[str, Any] = {"model": name, "created_at": self._now(), "done": done}
+        created = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        part: dict[str, Any] = {"model": served.name, "created_at": created, "done": done}
         if chat:
             part["message"] = {"role": "assistant", "content": text}
         else:
             part["response"] = text
         return part
 
-    async def _stream(
-        self, request: web.Request, name: str, chat: bool, content: str,
-        started: int, load_ns: int, prompt_tokens: int, reason: str,
-    ) -> web.StreamResponse:  # fmt: skip
-        pieces = content.split(" ")
-        lines = [self._part(name, chat, p if i == 0 else " " + p, done=False) for i, p in enumerate(pieces)]
-        final = self._part(name, chat, "", done=True)
-        final.update(self._metrics(content, started, load_ns, prompt_tokens, reason))
-        return await self._ndjson(request, [*lines, final])
-
     async def _embed(self, request: web.Request) -> web.Response:
         parsed = await self._model_request(request)
         if isinstance(parsed, web.Response):
             return parsed
-        body, name = parsed
+        body, served = parsed
+        if served.engine != "extractive":
+            return self._error(400, f'"{served.name}" does not support embeddings')
         inputs = body.get("input", [])
         inputs = [inputs] if isinstance(inputs, str) else list(inputs)
         vectors = []
-        for text in inputs:
+        for text in inputs:  # the extractive engine's embeddings: deterministic hashes, for tests
             raw = hashlib.sha256(str(text).encode()).digest() * 2
             vec = [b / 255.0 for b in raw]
             norm = sum(v * v for v in vec) ** 0.5 or 1.0
@@ -383,7 +489,7 @@ class EmbeddedModelServer:
         tokens = sum(len(load_encoding().encode_ordinary(str(t))) for t in inputs)
         return web.json_response(
             {
-                "model": name,
+                "model": served.name,
                 "embeddings": vectors,
                 "total_duration": 1000,
                 "load_duration": 0,
@@ -393,8 +499,16 @@ class EmbeddedModelServer:
 
     # ------------------------------------------------------------------ running
 
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for engine in list(self._engines.values()):
+                try:
+                    await engine.reap()
+                except Exception:  # an unload that failed is retried on the next round
+                    log.exception("unloading idle models failed")
+
     async def _start_site(self, host: str, port: int) -> str:
-        self._slots = asyncio.Semaphore(self.parallel)
         self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, backlog=1024)
@@ -402,7 +516,16 @@ class EmbeddedModelServer:
         sock = site._server.sockets[0]  # type: ignore[union-attr]
         bound_host, bound_port = sock.getsockname()[:2]
         self.url = f"http://{bound_host}:{bound_port}"
+        self._reaper = asyncio.ensure_future(self._reap_forever())
         return self.url
+
+    async def _shutdown(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        for engine in self._engines.values():
+            await asyncio.to_thread(engine.close)
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve on a background thread with its own event loop; returns the base URL."""
@@ -430,8 +553,8 @@ class EmbeddedModelServer:
     def stop(self) -> None:
         if self._loop is None or self._runner is None:
             return
-        loop, runner = self._loop, self._runner
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        loop = self._loop
+        asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=30)
         loop.call_soon_threadsafe(loop.stop)
         if self._thread:
             self._thread.join(timeout=10)
@@ -452,5 +575,4 @@ class EmbeddedModelServer:
         try:
             await asyncio.Event().wait()
         finally:
-            assert self._runner is not None
-            await self._runner.cleanup()
+            await self._shutdown()

@@ -65,10 +65,9 @@ class Role:
     def messages(
         self, text: str, settings: StageSettings, transcript: list[dict[str, str]] | None = None
     ) -> list[dict[str, str]]:
-        """The chat messages for one call; sections are labelled so any model can follow them."""
-        parts = [settings.prompt or self.instruction]
-        if settings.question:
-            parts.append(f"### Question\n{settings.question}")
+        """The chat messages for one call. Sections are labelled so any model can follow them, and
+        the instruction comes last, after the material, where small models heed it best."""
+        parts = []
         if settings.labels:
             parts.append("### Labels\n" + "\n".join(f"- {label}" for label in settings.labels))
         schema = self.output_schema(settings)
@@ -77,12 +76,13 @@ class Role:
                 "### Output\nAnswer with JSON matching this schema:\n" + json.dumps(schema, sort_keys=True)
             )
         parts.append(f"### Context\n{text}")
-        msgs = [{"role": "system", "content": self.system}]
         if transcript:
             conversation = "\n\n".join(f"[{m['speaker']}] {m['content']}" for m in transcript)
             parts.append(f"### Conversation so far\n{conversation}")
-        msgs.append({"role": "user", "content": "\n\n".join(parts)})
-        return msgs
+        if settings.question:
+            parts.append(f"### Question\n{settings.question}")
+        parts.append(f"### Instruction\n{settings.prompt or self.instruction}")
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": "\n\n".join(parts)}]
 
     def overhead_tokens(self, settings: StageSettings = StageSettings()) -> int:
         """Tokens of the prompt around the record: what a chunk must leave room for."""
@@ -108,53 +108,61 @@ class Role:
 
 
 NO_ANSWER = "The context does not contain the answer."
-_SYSTEM = "You are aistack's {role} agent. Follow the instruction exactly and use only the given context."
+
+
+def is_no_answer(response: str) -> bool:
+    """A Q&A answer that says the context lacks the answer (models often go on after saying so)."""
+    return response.strip().lower().startswith(NO_ANSWER.lower().rstrip("."))
+
 
 ROLES: dict[str, Role] = {
     r.name: r
     for r in [
         Role(
             AgentRole.SUMMARIZER,
-            "1",
-            _SYSTEM.format(role="summarizer"),
-            "Summarize the context in a few sentences. Keep facts, names and numbers; add nothing.",
+            "2",
+            "You write short, faithful summaries of the given context.",
+            "Summarize the context in two or three sentences. Keep facts, names and numbers; add nothing.",
             answer_tokens=256,
         ),
         Role(
             AgentRole.QNA,
-            "1",
-            _SYSTEM.format(role="qna"),
-            "Answer the question using only the context. Quote the sentences that support the answer. "
-            f"If the context does not contain the answer, reply exactly: {NO_ANSWER}",
+            "2",
+            "You answer questions using only the given context.",
+            "Answer the question in one or two sentences, using only the context. "
+            f"If the context does not answer the question, reply exactly: {NO_ANSWER}",
             answer_tokens=256,
         ),
         Role(
             AgentRole.CLASSIFIER,
-            "1",
-            _SYSTEM.format(role="classifier"),
-            "Classify the context with exactly one of the labels and give a one-sentence reason.",
+            "2",
+            "You classify the given context with one of the given labels.",
+            "Classify the context with exactly one of the labels and give a one-sentence reason, as JSON.",
             json_output=True,
-            answer_tokens=64,
+            answer_tokens=128,
         ),
         Role(
             AgentRole.EXTRACTOR,
-            "1",
-            _SYSTEM.format(role="extractor"),
-            "Extract the fields of the output schema from the context. Use only values present in the context.",
+            "2",
+            "You extract structured data from the given context.",
+            "Extract the fields of the output schema from the context, as JSON. "
+            "Use only values present in the context.",
             json_output=True,
         ),
         Role(
             AgentRole.JUDGE,
-            "1",
-            _SYSTEM.format(role="judge"),
-            "Read the conversation and give the final verdict: the best-supported answer, in a few sentences.",
+            "2",
+            "You judge a conversation and give the final, best-supported answer.",
+            "Read the conversation and give the final verdict in a few sentences: the best-supported "
+            "answer to the question.",
             answer_tokens=256,
         ),
         Role(
             AgentRole.ASSISTANT,
-            "1",
-            _SYSTEM.format(role="assistant"),
-            "Continue the conversation: add the most relevant point from the context not yet made.",
+            "2",
+            "You take part in a conversation about the given context.",
+            "Continue the conversation: in two or three sentences, add the most relevant point from the "
+            "context that has not been made yet.",
             answer_tokens=256,
         ),
     ]

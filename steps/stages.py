@@ -16,10 +16,18 @@ from typing import Any
 
 from aistack.etl.encodings import load_encoding
 from aistack.etl.schemas import content_hash
-from aistack.steps.model_client import CallResult, ModelCallError, ModelClient
+from aistack.steps.model_client import CallResult, ModelCallError, ModelClient, ModelInfo
 from aistack.steps.roles import AgentConfig, StageSettings, role
 
-DEFAULT_CONTEXT = 8192
+# Ollama's default num_ctx (below 24 GiB of VRAM): what a model gets unless the agent pins
+# contextTokens, whatever it was trained for (/api/show reports the trained length)
+DEFAULT_CONTEXT = 4096
+# budgets are counted with cl100k_base; the model's own tokenizer may need more tokens for the
+# same text, so only this share of its context is planned for
+TOKENIZER_MARGIN = 0.8
+# a JSON answer needs room: llama.cpp ignores the grammar below ~12 tokens, and a cut-off JSON
+# object is invalid (measured on SmolLM2-135M)
+JSON_MIN_PREDICT = 128
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,27 @@ class StageOutcome:
 
 
 ProgressFn = Callable[[int], None]
+# the client that reaches an agent's model server (agents of one stage may live on several hosts)
+ClientFor = Callable[[AgentConfig], ModelClient]
+
+
+def client_resolver(clients: ModelClient | ClientFor) -> ClientFor:
+    return (lambda _agent: clients) if isinstance(clients, ModelClient) else clients
+
+
+def context_tokens(agent: AgentConfig, info: ModelInfo) -> int:
+    """The tokens a call to this agent may plan for: its pinned num_ctx, else Ollama's default
+    num_ctx (never more than the model was trained for), less the tokenizer margin."""
+    window = agent.context_tokens or min(info.context_length or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
+    return int(window * TOKENIZER_MARGIN)
+
+
+def _json_options(options: dict[str, Any]) -> dict[str, Any]:
+    """A JSON contract's options: num_predict, when bounded, never below the floor."""
+    predict = options.get("num_predict")
+    if isinstance(predict, int) and 0 < predict < JSON_MIN_PREDICT:
+        return {**options, "num_predict": JSON_MIN_PREDICT}
+    return options
 
 
 async def call_agent(
@@ -86,13 +115,14 @@ async def call_agent(
     messages = r.messages(text, settings, transcript)
     schema = r.output_schema(settings)
     prompt_hash = r.template_hash(settings)
+    options = agent.options if schema is None else _json_options(agent.options)
     attempts = 0
     for _ in range(contract_retries + 1):
         try:
             result = await client.chat(
                 agent.model,
                 messages,
-                options=agent.options,
+                options=options,
                 fmt=schema,
                 keep_alive=agent.keep_alive,
                 prompt_hash=prompt_hash,
@@ -102,6 +132,11 @@ async def call_agent(
             return None, str(exc), attempts + exc.attempts
         attempts += result.attempts
         _, problem = r.check(result.content, settings)
+        if schema is not None and result.done_reason == "length":
+            # cut off at num_predict: even if it parses, the model did not finish its answer
+            problem = "the answer was cut off at the num_predict limit (done_reason: length)"
+            if isinstance(options.get("num_predict"), int) and options["num_predict"] > 0:
+                options = {**options, "num_predict": options["num_predict"] * 2}
         if problem is None:
             return result, None, attempts
         # ask again, showing the model what was wrong
@@ -117,7 +152,7 @@ async def call_agent(
 
 
 def _row(
-    stage: StageSpec, agent: AgentConfig, result_id: str, inputs: list[str], level: int, digest: str,
+    stage: StageSpec, agent: AgentConfig, result_id: str, inputs: list[str], level: int, info: ModelInfo,
     result: CallResult | None, error: str | None, attempts: int, final: bool,
 ) -> dict[str, Any]:  # fmt: skip
     r = role(agent.role)
@@ -130,7 +165,9 @@ def _row(
         "level": level,
         "agent": agent.name,
         "model": agent.model,
-        "model_digest": digest,
+        "served_model": info.served_model or agent.model,
+        "engine": info.engine,
+        "model_digest": info.digest,
         "role": r.name,
         "prompt_hash": r.template_hash(stage.settings),
         "response": None if error else res.content,
@@ -147,15 +184,15 @@ def _row(
     }
 
 
-async def _digest(client: ModelClient, model: str) -> str:
-    return (await client.model_info(model)).digest
-
-
 async def run_map(
-    client: ModelClient, stage: StageSpec, records: Iterable[InputRecord], progress: ProgressFn | None = None
+    clients: ModelClient | ClientFor,
+    stage: StageSpec,
+    records: Iterable[InputRecord],
+    progress: ProgressFn | None = None,
 ) -> StageOutcome:
     """One call per record, at most `client.concurrency` in flight, rows in input order."""
-    digest = await _digest(client, stage.agent.model)
+    client = client_resolver(clients)(stage.agent)
+    info = await client.model_info(stage.agent.model)
     outcome = StageOutcome()
     window = asyncio.Semaphore(max(1, client.concurrency) * 4)  # bounds memory, not the server
 
@@ -165,7 +202,7 @@ async def run_map(
                 client, stage.agent, stage.settings, record.text, None, stage.contract_retries
             )
             rid = content_hash("map", stage.name, record.id)
-            return _row(stage, stage.agent, rid, [record.id], 0, digest, result, error, attempts, True)
+            return _row(stage, stage.agent, rid, [record.id], 0, info, result, error, attempts, True)
         finally:
             window.release()
             if progress:
@@ -200,18 +237,29 @@ def _groups(records: list[InputRecord], budget: int) -> list[list[InputRecord]]:
 
 
 async def run_reduce(
-    client: ModelClient, stage: StageSpec, records: Iterable[InputRecord], progress: ProgressFn | None = None
+    clients: ModelClient | ClientFor,
+    stage: StageSpec,
+    records: Iterable[InputRecord],
+    progress: ProgressFn | None = None,
 ) -> StageOutcome:
     """Combine records level by level, each call within the model's context, until one remains."""
+    client = client_resolver(clients)(stage.agent)
     info = await client.model_info(stage.agent.model)
     r = role(stage.agent.role)
-    context = stage.agent.context_tokens or info.context_length or DEFAULT_CONTEXT
+    context = context_tokens(stage.agent, info)
     budget = max(64, context - r.overhead_tokens(stage.settings) - r.answer_tokens)
     outcome = StageOutcome()
     current = list(records)
     level = 0
     while len(current) > 1 or (level == 0 and current):
         groups = _groups(current, budget)
+        if level > 0 and len(groups) == len(current):
+            # every answer alone fills a call: another level would only rewrite them one by one
+            raise StageFailedError(
+                f"stage {stage.name!r}: reduce cannot converge at level {level + 1}: each of the "
+                f"{len(current)} answers fills the {budget}-token budget of a call alone; raise the "
+                "agent's contextTokens or lower its NUM_PREDICT"
+            )
         level += 1
         last_level = len(groups) == 1
 
@@ -226,7 +274,7 @@ async def run_reduce(
             rid = content_hash("reduce", stage.name, str(level), *ids)
             if progress:
                 progress(1)
-            return _row(stage, stage.agent, rid, ids, level, info.digest, result, error, attempts, last)
+            return _row(stage, stage.agent, rid, ids, level, info, result, error, attempts, last)
 
         rows = list(await asyncio.gather(*(combine(g) for g in groups)))
         outcome.rows += rows
@@ -239,19 +287,21 @@ async def run_reduce(
 
 
 async def run_chat(
-    client: ModelClient, stage: StageSpec, records: Iterable[InputRecord], progress: ProgressFn | None = None
+    clients: ModelClient | ClientFor,
+    stage: StageSpec,
+    records: Iterable[InputRecord],
+    progress: ProgressFn | None = None,
 ) -> StageOutcome:
     """Agents take turns for `rounds` rounds over one transcript; a judge may close it."""
+    client_for = client_resolver(clients)
     speakers = [stage.agent, *stage.participants]
+    everyone = [*speakers, *([stage.judge] if stage.judge else [])]
+    infos = {a.name: await client_for(a).model_info(a.model) for a in everyone}
     inputs = list(records)
     enc = load_encoding()
-    windows = [
-        a.context_tokens or (await client.model_info(a.model)).context_length or DEFAULT_CONTEXT
-        for a in speakers
-    ]
-    context_tokens = min(windows)
+    window = min(context_tokens(a, infos[a.name]) for a in everyone)
     tokens = enc.encode_ordinary("\n\n".join(rec.text for rec in inputs))
-    context = enc.decode(tokens[: max(256, context_tokens // 2)])  # half the window for the transcript
+    context = enc.decode(tokens[: max(256, window // 2)])  # half the window for the transcript
     ids = [rec.id for rec in inputs]
     transcript: list[dict[str, str]] = []
     outcome = StageOutcome()
@@ -261,12 +311,12 @@ async def run_chat(
         for agent in speakers:
             turn += 1
             result, error, attempts = await call_agent(
-                client, agent, stage.settings, context, transcript, stage.contract_retries
+                client_for(agent), agent, stage.settings, context, transcript, stage.contract_retries
             )
-            digest = await _digest(client, agent.model)
             final = closing is None and turn == stage.rounds * len(speakers)
             rid = content_hash("chat", stage.name, str(turn), agent.name, *ids)
-            outcome.rows.append(_row(stage, agent, rid, ids, turn, digest, result, error, attempts, final))
+            info = infos[agent.name]
+            outcome.rows.append(_row(stage, agent, rid, ids, turn, info, result, error, attempts, final))
             if result is not None and error is None:
                 transcript.append({"speaker": agent.name, "content": result.content})
             if progress:
@@ -274,11 +324,11 @@ async def run_chat(
     if closing is not None:
         turn += 1
         result, error, attempts = await call_agent(
-            client, closing, stage.settings, context, transcript, stage.contract_retries
+            client_for(closing), closing, stage.settings, context, transcript, stage.contract_retries
         )
         rid = content_hash("chat", stage.name, str(turn), closing.name, *ids)
-        digest = await _digest(client, closing.model)
-        outcome.rows.append(_row(stage, closing, rid, ids, turn, digest, result, error, attempts, True))
+        info = infos[closing.name]
+        outcome.rows.append(_row(stage, closing, rid, ids, turn, info, result, error, attempts, True))
         if progress:
             progress(1)
     outcome.attempted = len(outcome.rows)
@@ -290,7 +340,10 @@ MODES = {"map": run_map, "reduce": run_reduce, "chat": run_chat}
 
 
 async def run_stage(
-    client: ModelClient, stage: StageSpec, records: Iterable[InputRecord], progress: ProgressFn | None = None
+    clients: ModelClient | ClientFor,
+    stage: StageSpec,
+    records: Iterable[InputRecord],
+    progress: ProgressFn | None = None,
 ) -> StageOutcome:
     try:
         runner = MODES[stage.mode]
@@ -298,4 +351,4 @@ async def run_stage(
         raise ValueError(
             f"stage {stage.name!r}: unknown mode {stage.mode!r}; modes are {sorted(MODES)}"
         ) from None
-    return await runner(client, stage, records, progress)
+    return await runner(clients, stage, records, progress)

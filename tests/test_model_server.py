@@ -1,4 +1,5 @@
-"""The embedded model server through the official ollama client, over HTTP."""
+"""The embedded model server through the official ollama client, over HTTP, on its extractive
+engine (exact answers); tests/test_llama_engine.py runs the real LLM behind the same server."""
 
 from __future__ import annotations
 
@@ -19,18 +20,24 @@ CONTEXT = (
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[EmbeddedModelServer]:
-    with EmbeddedModelServer(models=["llama3"], parallel=2) as s:
+    with EmbeddedModelServer(models=["llama3"], stand_in_engine="extractive", parallel=2) as s:
         yield s
 
 
 def test_list_show_version_ps_pull_and_head(server: EmbeddedModelServer) -> None:
     client = ollama.Client(host=server.url)
-    names = [m.model for m in client.list().models]
-    assert names == ["aistack-extractive:latest", "llama3:latest"]
-    assert all(m.digest and len(m.digest) == 64 for m in client.list().models)
+    listing = {m.model: m for m in client.list().models}
+    assert sorted(listing) == ["aistack-extractive:latest", "llama3:latest", "smollm2:135m"]
+    assert all(m.digest and len(m.digest) == 64 for m in listing.values())
+    # a stand-in reports the digest of what really answers, never a digest of its own
+    assert listing["llama3:latest"].digest == listing["aistack-extractive:latest"].digest
     show = client.show("llama3")
     assert show.modelinfo["aistack-extractive.context_length"] == 8192
-    assert "not a language model" in (show.modelfile or "")
+    assert show.modelinfo["aistack.stand_in"] is True
+    assert show.modelinfo["aistack.served_by"] == "aistack-extractive:latest"
+    assert show.modelinfo["aistack.engine"].startswith("aistack-extractive ")
+    assert "not a language model" in (show.modelfile or "") and "STAND-IN" in (show.modelfile or "")
+    assert client.show("aistack-extractive").modelinfo["aistack.stand_in"] is False
     assert [p.status for p in client.pull("llama3", stream=True)][-1] == "success"
     with pytest.raises(ollama.ResponseError) as err:
         list(client.pull("nope", stream=True))
@@ -133,3 +140,9 @@ def test_faults_parse() -> None:
     assert Faults.parse("latency=0.1,error_rate=0.2,seed=3") == Faults(latency=0.1, error_rate=0.2, seed=3)
     with pytest.raises(ValueError, match="unknown fault 'explode'"):
         Faults.parse("explode=1")
+    with pytest.raises(ValueError, match="error_rate=2.0 must be a probability between 0 and 1"):
+        Faults.parse("error_rate=2")
+    with pytest.raises(ValueError, match="latency=nan must be a finite number"):
+        Faults.parse("latency=nan")
+    with pytest.raises(ValueError, match="fault seed='x' is not a number"):
+        Faults.parse("seed=x")

@@ -1,4 +1,4 @@
-"""The embedded model server's engine: small, deterministic, CPU-only and extractive.
+"""The embedded model server's extractive engine: small, deterministic, CPU-only, no weights.
 
 It is not a language model. It reads the labelled sections of aistack's role prompts
 (`### Question`, `### Labels`, `### Output`, `### Context`, `### Conversation so far`) and
@@ -10,18 +10,25 @@ valid for the schema it was given). Same input, same output.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
+import time
 from collections import Counter
 from typing import Any
 
+from aistack.etl.encodings import load_encoding
+from aistack.steps.engine_api import Generation, GenerationRequest, ModelCard, PieceFn
+from aistack.steps.roles import ROLES
+
 ENGINE_VERSION = "4"  # part of every model digest: bump when answers change
 REFUSAL = "The context does not contain the answer."  # = roles.NO_ANSWER
-_SECTION = re.compile(r"^### (Question|Labels|Output|Context|Conversation so far)\n", re.MULTILINE)
+_SECTION = re.compile(
+    r"^### (Question|Labels|Output|Context|Conversation so far|Instruction)\n", re.MULTILINE
+)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])|\n{2,}")
 _WORD = re.compile(r"[A-Za-z0-9]+(?:'[a-z]+)?")
-_ROLE = re.compile(r"You are aistack's (\w+) agent")
 _STOP = frozenset(
     [
         "a",
@@ -201,7 +208,7 @@ def respond(prompt: str, system: str = "", json_format: Any = None, max_words: i
     """The engine's answer to one request (the chat's messages flattened, or a prompt)."""
     parts = sections(prompt)
     context = parts.get("Context", "")
-    role = (m.group(1) if (m := _ROLE.search(system + "\n" + prompt)) else "summarizer").lower()
+    role = next((r.name for r in ROLES.values() if r.system and r.system in system), "summarizer")
     if isinstance(json_format, dict) or json_format == "json":
         schema = json_format if isinstance(json_format, dict) else {"type": "object"}
         if role == "classifier" and parts.get("Labels"):
@@ -228,3 +235,97 @@ def respond(prompt: str, system: str = "", json_format: Any = None, max_words: i
         pick = max(fresh, key=lambda s: (len(topic & set(words(s))), -fresh.index(s)))
         return _budget(pick, max_words)
     return _budget(summarize(context), max_words)
+
+
+EXTRACTIVE_MODEL = "aistack-extractive:latest"
+
+
+class ExtractiveEngine:
+    """The extractive answers behind the Ollama API: tokens counted with cl100k_base, `num_predict`
+    honoured for free text (JSON is never cut, so it stays valid), nothing to load."""
+
+    name = "aistack-extractive"
+    context_length = 8192
+
+    def __init__(self) -> None:
+        self._expiry: dict[str, float] = {}
+
+    def card(self) -> ModelCard:
+        digest = hashlib.sha256(f"aistack-extractive/{ENGINE_VERSION}".encode()).hexdigest()
+        return ModelCard(
+            engine=f"aistack-extractive {ENGINE_VERSION}",
+            served_model=EXTRACTIVE_MODEL,
+            digest=digest,
+            size=0,
+            details={
+                "parent_model": "",
+                "format": "aistack",
+                "family": "aistack-extractive",
+                "families": ["aistack-extractive"],
+                "parameter_size": "0",
+                "quantization_level": "none",
+            },
+            model_info={
+                "general.architecture": "aistack-extractive",
+                "general.description": "aistack embedded extractive engine (not a language model)",
+                "aistack-extractive.context_length": self.context_length,
+            },
+            context_length=self.context_length,
+            template="{{ .Prompt }}",
+            modelfile="# aistack embedded engine: deterministic and extractive, not a language model.\n"
+            f"# It quotes and scores the given context; engine version {ENGINE_VERSION}.\n",
+            parameters=f"num_ctx {self.context_length}",
+        )
+
+    async def generate(self, request: GenerationRequest, on_piece: PieceFn | None = None) -> Generation:
+        started = time.perf_counter_ns()
+        if request.raw_prompt is not None:
+            system, prompt = "", request.raw_prompt
+        else:
+            system = "\n".join(m.get("content", "") for m in request.messages if m.get("role") == "system")
+            prompt = "\n\n".join(m.get("content", "") for m in request.messages if m.get("role") != "system")
+        content = respond(prompt, system, request.format or None)
+        enc = load_encoding()
+        reason = "stop"
+        num_predict = request.options.get("num_predict")
+        if isinstance(num_predict, int) and num_predict > 0 and request.format is None:
+            tokens = enc.encode_ordinary(content)
+            if len(tokens) > num_predict:
+                content, reason = enc.decode(tokens[:num_predict]), "length"
+        if on_piece is not None:
+            for i, piece in enumerate(content.split(" ")):
+                on_piece(piece if i == 0 else " " + piece)
+        elapsed = time.perf_counter_ns() - started
+        self._touch(request)
+        return Generation(
+            content=content,
+            done_reason=reason,
+            prompt_tokens=len(enc.encode_ordinary(system + prompt)),
+            eval_tokens=len(enc.encode_ordinary(content)) if content else 0,
+            prompt_eval_ns=elapsed // 2,
+            eval_ns=elapsed - elapsed // 2,
+        )
+
+    async def load(self, request: GenerationRequest) -> int:
+        self._touch(request)
+        return 1_000_000
+
+    def _touch(self, request: GenerationRequest) -> None:
+        if request.keep_alive <= 0:
+            self._expiry.pop(request.model, None)
+        else:
+            self._expiry[request.model] = time.time() + request.keep_alive
+
+    def running(self) -> list[dict[str, Any]]:
+        return [
+            {"name": name, "expires_at": expiry, "context_length": self.context_length}
+            for name, expiry in sorted(self._expiry.items())
+        ]
+
+    async def reap(self) -> None:
+        now = time.time()
+        for name in [n for n, e in self._expiry.items() if e <= now]:
+            del self._expiry[name]
+
+    def close(self) -> None:
+        self._expiry.clear()
