@@ -6,16 +6,18 @@ code runs from the aistack image (`python -m hera.workflows.runner -e
 aistack.pipelines.runtime:<step>`); steps exchange URIs, so the Workflow's size does not
 depend on the corpus.
 
-Batch-mode agents get an Ollama sidecar in their stage's pod, holding the GPU
-(`nvidia.com/gpu`), the agent's memory and CPU, the GPU toleration and node selector and the
-model cache volume; the step waits until the sidecar lists the model. Agents on the embedded
-engine (`aistack-*` models) get the aistack image's model server as a CPU sidecar instead.
-Service-mode agents are called at their Service.
+Batch-mode GPU agents get an Ollama sidecar in their stage's pod: one per stage, serving every
+model the stage's agents use, holding the GPUs (`nvidia.com/gpu`), their memory and CPU, the GPU
+toleration and node selector and the model cache volume; the step pulls each model (a model
+Ollama cannot provide fails the step at once). CPU agents (`gpu: 0`) get the aistack image's
+embedded model server as the sidecar, which stands in for their models with its embedded LLM
+and says so in every result. Service-mode agents are called at their Service.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -35,7 +37,7 @@ from hera.workflows import (
     models as m,
 )
 
-from aistack.crds.models import OllamaAgent, OllamaAgentSpec, TaskOrchestration
+from aistack.crds.models import OLLAMA_OPTION_ENV, OllamaAgent, OllamaAgentSpec, TaskOrchestration
 from aistack.pipelines.runtime import STEP_METRICS
 
 try:
@@ -43,6 +45,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover
     IMAGE = "ghcr.io/aistack/aistack:latest"
 OLLAMA_PORT = 11434
+EMBEDDED_PORT = 11435  # the embedded model server, when a stage also has an Ollama sidecar
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 GPU_TOLERATION = m.Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
@@ -63,42 +66,93 @@ def step_template(name: str, function: str, **kwargs: Any) -> Any:
     return script(name=name, constructor="runner", image=IMAGE, **kwargs)(source)
 
 
+def _quantity_sum(values: list[str | None]) -> str | None:
+    """Kubernetes quantities added up (memory in Mi, CPU in millicores), or None if none is set."""
+    from kubernetes.utils.quantity import parse_quantity
+
+    present = [v for v in values if v]
+    if len(present) <= 1:
+        return present[0] if present else None
+    given = [parse_quantity(v) for v in present]
+    total = sum(given)
+    if all(v == int(v) for v in given) and total >= 2**20:  # bytes: memory
+        return f"{math.ceil(total / 2**20)}Mi"
+    return f"{math.ceil(total * 1000)}m"
+
+
 def ollama_resources(spec: OllamaAgentSpec) -> dict[str, dict[str, str]]:
-    """The Ollama container's requests and limits: the GPUs, memory (request = limit) and CPU."""
+    """The Ollama container's requests and limits for one agent: its GPUs, memory (request = limit)
+    and CPU."""
+    return server_resources([spec])
+
+
+def server_resources(specs: list[OllamaAgentSpec]) -> dict[str, dict[str, str]]:
+    """A model server's requests and limits for these agents: the most GPUs any of them needs
+    (one server holds all their models), and their memory (request = limit) and CPU added up,
+    since every model stays loaded while the stage runs."""
     limits: dict[str, str] = {}
     requests: dict[str, str] = {}
-    if spec.resources.gpu:
-        limits[GPU_RESOURCE] = str(spec.resources.gpu)
-    if spec.resources.memory:
-        limits["memory"] = requests["memory"] = spec.resources.memory
-    if spec.resources.cpu:
-        requests["cpu"] = spec.resources.cpu
+    gpu = max((s.resources.gpu for s in specs), default=0)
+    if gpu:
+        limits[GPU_RESOURCE] = str(gpu)
+    if memory := _quantity_sum([s.resources.memory for s in specs]):
+        limits["memory"] = requests["memory"] = memory
+    if cpu := _quantity_sum([s.resources.cpu for s in specs]):
+        requests["cpu"] = cpu
     return {k: v for k, v in (("limits", limits), ("requests", requests)) if v}
 
 
-def _sidecar(agent_name: str, spec: OllamaAgentSpec) -> UserContainer:
-    env = [m.EnvVar(name="OLLAMA_HOST", value=f"0.0.0.0:{OLLAMA_PORT}"),
-           m.EnvVar(name="OLLAMA_KEEP_ALIVE", value=spec.keep_alive),
-           m.EnvVar(name="OLLAMA_NUM_PARALLEL", value=str(spec.num_parallel)),
-           m.EnvVar(name="OLLAMA_MODELS", value="/models")]  # fmt: skip
-    env += [m.EnvVar(name=e.name, value=e.value) for e in spec.env]
-    resources = ollama_resources(spec)
-    embedded = spec.model.startswith("aistack-")
-    probe = (
-        ["python", "-c", f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{OLLAMA_PORT}/')"]
-        if embedded
-        else ["ollama", "list"]
-    )
+def _container_env(agents: dict[str, OllamaAgentSpec]) -> list[m.EnvVar]:
+    """The agents' env entries that are not request options (those go in every request), which
+    must agree where two agents share one model server."""
+    merged: dict[str, str] = {}
+    for spec in agents.values():
+        for e in spec.env:
+            if e.name in OLLAMA_OPTION_ENV:
+                continue
+            if merged.get(e.name, e.value) != e.value:
+                raise ValueError(
+                    f"agents sharing a model server disagree on env {e.name}: {sorted(agents)}; "
+                    "give them the same value or put them in different stages"
+                )
+            merged[e.name] = e.value
+    return [m.EnvVar(name=k, value=v) for k, v in merged.items()]
+
+
+def _server_container(
+    name: str, agents: dict[str, OllamaAgentSpec], port: int, embedded: bool
+) -> UserContainer:
+    """One model server for the given agents of a stage, as a sidecar listening on loopback: Ollama
+    (GPU agents; it pulls every model the stage needs into the model cache), or aistack's embedded
+    model server (CPU agents: their models are served, by the embedded LLM where it stands in)."""
+    specs = list(agents.values())
+    models = sorted({s.model for s in specs})
+    parallel = max(s.num_parallel for s in specs)
+    env = [m.EnvVar(name="OLLAMA_KEEP_ALIVE", value=specs[0].keep_alive),
+           m.EnvVar(name="OLLAMA_NUM_PARALLEL", value=str(parallel)),
+           m.EnvVar(name="OLLAMA_MAX_LOADED_MODELS", value=str(len(models)))]  # fmt: skip
+    if embedded:
+        command = ["aistack", "models", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        command += [arg for model in models for arg in ("--model", model)]
+        probe = ["python", "-c", f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/')"]
+        image, mounts = IMAGE, None
+    else:
+        images = sorted({s.image for s in specs})
+        if len(images) > 1:
+            raise ValueError(f"GPU agents of one stage share one Ollama but name different images: {images}")
+        env += [m.EnvVar(name="OLLAMA_HOST", value=f"127.0.0.1:{port}"),
+                m.EnvVar(name="OLLAMA_MODELS", value="/models")]  # fmt: skip
+        command, probe, image = None, ["ollama", "list"], images[0]
+        mounts = [m.VolumeMount(name="model-cache", mount_path="/models")]
+    resources = server_resources(specs)
     return UserContainer(
-        name=f"ollama-{agent_name}"[:63],
-        image=IMAGE if embedded else spec.image,
-        command=["aistack", "models", "serve", "--host", "0.0.0.0", "--port", str(OLLAMA_PORT)]
-        if embedded
-        else None,
-        env=env,
+        name=name,
+        image=image,
+        command=command,
+        env=env + _container_env(agents),
         resources=m.ResourceRequirements(limits=resources.get("limits"), requests=resources.get("requests")),
-        volume_mounts=[m.VolumeMount(name="model-cache", mount_path="/models")],
-        ports=[m.ContainerPort(name="ollama", container_port=OLLAMA_PORT)],
+        volume_mounts=mounts,
+        ports=[m.ContainerPort(name=name[:15], container_port=port)],
         # an exec probe: Argo's schema types httpGet.port as a string, Hera's model as an int
         readiness_probe=m.Probe(exec=m.ExecAction(command=probe), period_seconds=5),
         security_context=m.SecurityContext(allow_privilege_escalation=False),
@@ -106,47 +160,51 @@ def _sidecar(agent_name: str, spec: OllamaAgentSpec) -> UserContainer:
 
 
 def _stage_template(task: TaskOrchestration, stage_index: int, agents: dict[str, OllamaAgent]) -> Any:
+    """A stage step with every model server its agents need: one Ollama sidecar holding the GPUs for
+    all its GPU agents' models, one embedded sidecar for its CPU agents, Services for service-mode
+    agents. `AISTACK_AGENT_HOSTS` tells the step which server answers for which agent."""
     st = task.spec.pipeline[stage_index]
-    names = st.agent_refs
-    sidecars, gpu = [], False
-    volumes: list[m.Volume] = []
-    env = [
-        Env(name="AISTACK_MODEL_WAIT_SECONDS", value="900"),
-        Env(name="AISTACK_METRICS_DIR", value=METRICS_DIR),
-    ]
-    batch = [n for n in dict.fromkeys(names) if agents[n].spec.mode == "batch"]
-    service = [n for n in dict.fromkeys(names) if agents[n].spec.mode == "service"]
-    if service:  # a stage calls one host; service agents are reached at their Service
-        env.append(
-            Env(
-                name="OLLAMA_HOST",
-                value=f"http://{service[0]}.{task.metadata.namespace or 'default'}.svc:{OLLAMA_PORT}",
-            )
-        )
-    elif batch:
-        spec = agents[batch[0]].spec
-        sidecars.append(_sidecar(batch[0], spec))
-        gpu = spec.resources.gpu > 0
-        claim = spec.model_cache.pvc_name or "aistack-model-cache"
+    names = list(dict.fromkeys(st.agent_refs))
+    specs = {n: agents[n].spec for n in names}
+    gpu_agents = {n: s for n, s in specs.items() if s.mode == "batch" and s.resources.gpu > 0}
+    cpu_agents = {n: s for n, s in specs.items() if s.mode == "batch" and s.resources.gpu == 0}
+    namespace = task.metadata.namespace or "default"
+    hosts = {n: f"http://{n}.{namespace}.svc:{OLLAMA_PORT}" for n, s in specs.items() if s.mode == "service"}
+    sidecars, volumes = [], []
+    if gpu_agents:
+        sidecars.append(_server_container("ollama", gpu_agents, OLLAMA_PORT, embedded=False))
+        hosts |= {n: f"http://127.0.0.1:{OLLAMA_PORT}" for n in gpu_agents}
+        claims = sorted({s.model_cache.pvc_name or "aistack-model-cache" for s in gpu_agents.values()})
+        if len(claims) > 1:
+            raise ValueError(f"GPU agents of stage {st.stage_name!r} name different model caches: {claims}")
         volumes.append(
             m.Volume(
                 name="model-cache",
-                persistent_volume_claim=m.PersistentVolumeClaimVolumeSource(claim_name=claim),
+                persistent_volume_claim=m.PersistentVolumeClaimVolumeSource(claim_name=claims[0]),
             )
         )
-        env.append(Env(name="OLLAMA_HOST", value=f"http://localhost:{OLLAMA_PORT}"))
+    if cpu_agents:
+        port = EMBEDDED_PORT if gpu_agents else OLLAMA_PORT
+        sidecars.append(_server_container("models", cpu_agents, port, embedded=True))
+        hosts |= {n: f"http://127.0.0.1:{port}" for n in cpu_agents}
+    env = [
+        Env(name="AISTACK_MODEL_WAIT_SECONDS", value="900"),
+        Env(name="AISTACK_METRICS_DIR", value=METRICS_DIR),
+        Env(name="OLLAMA_HOST", value=hosts[st.agent_ref]),
+        Env(name="AISTACK_AGENT_HOSTS", value=json.dumps(hosts, sort_keys=True)),
+    ]
     labels = {
         "ai.stack/task": task.metadata.name,
         "ai.stack/stage": st.stage_name,
         "ai.stack/agent": st.agent_ref,
     }
     node_selector = tolerations = None
-    if gpu:
-        spec = agents[batch[0]].spec
-        node_selector = spec.node_selector or GPU_NODE_SELECTOR
+    if gpu_agents:
+        first = next(iter(gpu_agents.values()))
+        node_selector = first.node_selector or GPU_NODE_SELECTOR
         tolerations = (
-            [m.Toleration(**t.model_dump(exclude_none=True)) for t in spec.tolerations]
-            if spec.tolerations
+            [m.Toleration(**t.model_dump(exclude_none=True)) for t in first.tolerations]
+            if first.tolerations
             else [GPU_TOLERATION]
         )
     return step_template(

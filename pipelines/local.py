@@ -15,6 +15,8 @@ import inspect
 import json
 import os
 import re
+import secrets
+import string
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,13 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import ollama
 from hera.workflows import CronWorkflow, Workflow
 
 from aistack.crds.models import OllamaAgent, TaskOrchestration
 from aistack.crds.validation import load_file, parse
 from aistack.pipelines.compile import compile_task
 from aistack.pipelines.runtime import ollama_host
-from aistack.steps.model_server import EmbeddedModelServer
+from aistack.steps.extractive import EXTRACTIVE_MODEL
+from aistack.steps.model_server import EmbeddedModelServer, normalize
+from aistack.steps.model_weights import NATIVE_MODEL
 
 _EXPR = re.compile(r"\{\{\s*([^}]+?)\s*\}\}")
 
@@ -66,6 +71,7 @@ class LocalRun:
     host: str = ""
     embedded: bool = False
     seconds: float = 0.0
+    models: dict[str, str] = field(default_factory=dict)  # model -> who serves it, in words
 
 
 def ollama_reachable(host: str) -> bool:
@@ -75,17 +81,101 @@ def ollama_reachable(host: str) -> bool:
         return False
 
 
-def model_server(agents: dict[str, OllamaAgent]) -> tuple[str, EmbeddedModelServer | None]:
+def model_server(
+    agents: dict[str, OllamaAgent], stand_in_engine: str = "llama"
+) -> tuple[str, EmbeddedModelServer | None]:
     """Where the agents' models are served: `OLLAMA_HOST` when it answers, else aistack's
     embedded model server, started here for their models (the caller stops it)."""
     host = ollama_host()
     if ollama_reachable(host):
         return host, None
-    server = EmbeddedModelServer(
-        models=sorted({a.spec.model for a in agents.values()}),
-        parallel=max((a.spec.num_parallel for a in agents.values()), default=4),
-    )
+    server = _embedded_server(agents.values(), stand_in_engine)
     return server.start(), server
+
+
+def _embedded_server(agents: Any, stand_in_engine: str) -> EmbeddedModelServer:
+    # One slot: llama.cpp's continuous batching is not batch-invariant (a prompt batched with
+    # another can get a different greedy answer), and on a CPU the prompt already uses every
+    # core, so more slots buy little; with one, a run at temperature 0 is reproducible.
+    return EmbeddedModelServer(
+        models=sorted({a.spec.model for a in agents}), parallel=1, stand_in_engine=stand_in_engine
+    )
+
+
+@dataclass
+class ModelPlacement:
+    """Which model server answers for each agent of a local run."""
+
+    hosts: dict[str, str]  # agent -> URL
+    served_by: dict[str, str]  # model -> who serves it, in words
+    server: EmbeddedModelServer | None = None
+
+
+def _ollama_has(host: str, model: str, on_event: Callable[[str], None] | None) -> bool:
+    """Whether the Ollama at `host` has `model`, pulling it if it can (as `ollama run` does)."""
+    wanted = model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
+    client = ollama.Client(host=host, timeout=30)
+    try:
+        if any(m.model in (model, wanted) for m in client.list().models):
+            return True
+        if on_event:
+            on_event(f"pulling {model} at {host}")
+        for _ in ollama.Client(host=host).pull(model, stream=True):
+            pass
+        return True
+    except (ollama.ResponseError, ConnectionError, httpx.HTTPError) as exc:
+        if on_event:
+            on_event(f"the Ollama at {host} cannot provide {model}: {getattr(exc, 'error', exc)}")
+        return False
+
+
+def place_models(
+    agents: dict[str, OllamaAgent],
+    stand_in_engine: str = "llama",
+    on_event: Callable[[str], None] | None = None,
+) -> ModelPlacement:
+    """Each agent's model from `OLLAMA_HOST` when it answers and has the model (or can pull it);
+    every other model from aistack's embedded model server, started here as a stand-in that says
+    what really answers (the caller stops it)."""
+    host = ollama_host()
+    models = sorted({a.spec.model for a in agents.values()})
+    reachable = ollama_reachable(host)
+    on_ollama = {m for m in models if reachable and _ollama_has(host, m, on_event)}
+    hosts = {name: host for name, a in agents.items() if a.spec.model in on_ollama}
+    served_by = {m: f"Ollama at {host}" for m in on_ollama}
+    rest = {name: a for name, a in agents.items() if a.spec.model not in on_ollama}
+    if not rest:
+        return ModelPlacement(hosts, served_by)
+    server = _embedded_server(rest.values(), stand_in_engine)
+    url = server.start()
+    stand_ins = server.stand_ins()
+    for name, a in rest.items():
+        hosts[name] = url
+        full = normalize(a.spec.model)
+        served_by[a.spec.model] = (
+            f"served by the embedded {_describe(stand_ins[full])} stand-in"
+            if full in stand_ins
+            else f"the embedded {_describe(full)}"
+        )
+    if on_event:
+        why = f"no Ollama at {host}" if not reachable else f"the Ollama at {host} lacks some models"
+        on_event(f"{why}: started aistack's embedded model server at {url}")
+        for model in sorted(served_by):
+            on_event(f"  {model} -> {served_by[model]}")
+    return ModelPlacement(hosts, served_by, server)
+
+
+def _describe(model: str) -> str:
+    return {
+        normalize(NATIVE_MODEL): "smollm2-135m-instruct LLM (llama.cpp)",
+        EXTRACTIVE_MODEL: "aistack-extractive engine (not a language model)",
+    }.get(normalize(model), model)
+
+
+def run_name(task: str) -> str:
+    """A unique run id, like Argo's generateName: two runs started in the same second differ."""
+    suffix = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(5))
+    return f"{task[:40].rstrip('-')}-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"
 
 
 def _function(template: Any) -> Callable[..., Any]:
@@ -166,40 +256,41 @@ def run_task(
     workers: int = 4,
     on_event: Callable[[str], None] | None = None,
     on_task: Callable[[str, str], None] | None = None,
+    stand_in_engine: str = "llama",
 ) -> LocalRun:
-    """Run a task locally end to end; `out` replaces spec.outputTarget (default: ./out/<task>)."""
+    """Run a task locally end to end; `out` replaces spec.outputTarget (default: ./out/<task>).
+    Models come from `OLLAMA_HOST` where it has them, else from the embedded model server, whose
+    `stand_in_engine` answers for models it does not own (and says so in every result)."""
     started = time.perf_counter()
     task = task.model_copy(deep=True)
     task.spec.output_target = out or Path("out", task.metadata.name).resolve().as_uri()
-    name = f"{task.metadata.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = run_name(task.metadata.name)
     wf = compile_task(task, agents, name=name)
     if isinstance(wf, CronWorkflow):  # locally a scheduled task runs once, now
         task.spec.schedule = None
         wf = compile_task(task, agents, name=name)
-    configured = ollama_host()
-    host, server = model_server(agents)
-    if server is not None:
-        if on_event:
-            on_event(f"no Ollama at {configured}: started aistack's "
-                     f"embedded extractive engine at {host} for {', '.join(server.models)}")  # fmt: skip
-    elif on_event:
-        on_event(f"using Ollama at {host}")
-    saved = os.environ.get("OLLAMA_HOST")
-    os.environ["OLLAMA_HOST"] = host
+    used = {n: agents[n] for n in task.spec.agent_refs()}
+    placement = place_models(used, stand_in_engine, on_event)
+    saved = {k: os.environ.get(k) for k in ("OLLAMA_HOST", "AISTACK_AGENT_HOSTS")}
+    first = placement.hosts[task.spec.pipeline[0].agent_ref]
+    os.environ["OLLAMA_HOST"] = first
+    os.environ["AISTACK_AGENT_HOSTS"] = json.dumps(placement.hosts, sort_keys=True)
     try:
         results = execute(wf, workers, on_task)
     finally:
-        if saved is None:
-            os.environ.pop("OLLAMA_HOST", None)
-        else:
-            os.environ["OLLAMA_HOST"] = saved
-        if server:
-            server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if placement.server:
+            placement.server.stop()
     return LocalRun(
         name,
         json.loads(results["publish"])["outputs"],
         results,
-        host,
-        server is not None,
+        first,
+        placement.server is not None,
         time.perf_counter() - started,
+        placement.served_by,
     )

@@ -15,11 +15,13 @@ under it, at fixed places, so a 10-million-chunk run compiles to the same small 
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import ollama
 
 from aistack.crds.models import OllamaAgentSpec, Stage, TaskOrchestrationSpec
 from aistack.etl.chunking import ChunkingOptions
@@ -137,28 +139,67 @@ def ollama_host() -> str:
     return host if "://" in host else f"http://{host}"
 
 
+class ModelUnavailableError(RuntimeError):
+    """The model server cannot provide a model the stage needs."""
+
+
+def agent_hosts() -> dict[str, str]:
+    """`AISTACK_AGENT_HOSTS`: JSON {agent: model server URL}, set by the compiled stage template (each
+    agent's sidecar or Service) or by the local runner; agents not named use OLLAMA_HOST."""
+    raw = os.environ.get("AISTACK_AGENT_HOSTS") or "{}"
+    try:
+        hosts = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"AISTACK_AGENT_HOSTS is not JSON: {exc}") from None
+    if not isinstance(hosts, dict) or not all(isinstance(v, str) for v in hosts.values()):
+        raise ValueError("AISTACK_AGENT_HOSTS must be a JSON object of agent name -> URL")
+    return hosts
+
+
+def _log(message: str) -> None:
+    # stdout is the step's result (Argo's outputs.result): progress goes to stderr
+    print(message, file=sys.stderr, flush=True)
+
+
 def wait_for_model(host: str, model: str, timeout: float = 900.0) -> None:
-    """Block until the Ollama at `host` answers and has `model` (pulling it if needed)."""
+    """Wait for the model server at `host` to answer (a sidecar may still be starting), then make sure
+    it has `model`: listed, or pulled now with its progress logged. A pull that fails (a model the
+    server cannot provide) fails the step at once, with the server's reason."""
     deadline = time.monotonic() + timeout
     wanted = model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
-    pulled = False
-    last = "no answer"
-    while time.monotonic() < deadline:
+    client = ollama.Client(host=host, timeout=30)
+
+    def listed() -> bool:
+        return any(m.model in (model, wanted) for m in client.list().models)
+
+    while True:
         try:
-            tags = httpx.get(f"{host}/api/tags", timeout=10).json()
-            if any(
-                m.get("model") in (model, wanted) or m.get("name") in (model, wanted)
-                for m in tags.get("models", [])
-            ):
+            if listed():
                 return
-            if not pulled:  # ask once; a failed pull is reported by the next listing
-                httpx.post(f"{host}/api/pull", json={"model": model, "stream": False}, timeout=timeout)
-                pulled = True
-            last = f"model {model!r} not listed"
-        except httpx.HTTPError as exc:
-            last = f"{type(exc).__name__}: {exc}"
-        time.sleep(1.0)
-    raise TimeoutError(f"Ollama at {host} not ready with model {model!r} after {timeout:.0f}s ({last})")
+            break
+        except (ConnectionError, httpx.HTTPError, ollama.ResponseError) as exc:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"the model server at {host} did not answer within {timeout:.0f}s ({exc})"
+                ) from exc
+            time.sleep(1.0)
+    _log(f"pulling {model} at {host}")
+    last_report = 0.0
+    try:
+        for progress in ollama.Client(host=host, timeout=max(30.0, deadline - time.monotonic())).pull(
+            model, stream=True
+        ):
+            if progress.total and time.monotonic() - last_report > 10:
+                last_report = time.monotonic()
+                _log(f"  {progress.status}: {100 * (progress.completed or 0) // progress.total}%")
+    except ollama.ResponseError as exc:
+        raise ModelUnavailableError(
+            f"the model server at {host} cannot provide {model!r}: {exc.error}"
+        ) from None
+    except (ConnectionError, httpx.HTTPError) as exc:
+        raise ModelUnavailableError(f"pulling {model!r} at {host} failed: {exc}") from exc
+    if not listed():
+        raise ModelUnavailableError(f"the model server at {host} pulled {model!r} but does not list it")
 
 
 def stage(task: str, agents: str, stage_name: str, run_uri: str, shard: int = 0, shard_count: int = 1) -> str:
@@ -194,14 +235,17 @@ def stage(task: str, agents: str, stage_name: str, run_uri: str, shard: int = 0,
         rounds=st.rounds or 1,
         error_budget_percent=spec.error_budget_percent,
     )
-    host = ollama_host()
-    for a in [stage_spec.agent, *stage_spec.participants, *([stage_spec.judge] if stage_spec.judge else [])]:
-        wait_for_model(host, a.model, timeout=float(os.environ.get("AISTACK_MODEL_WAIT_SECONDS", "900")))
+    host, hosts = ollama_host(), agent_hosts()
+    wait = float(os.environ.get("AISTACK_MODEL_WAIT_SECONDS", "900"))
+    everyone = [stage_spec.agent, *stage_spec.participants, *([stage_spec.judge] if stage_spec.judge else [])]
+    for where, model in dict.fromkeys((hosts.get(a.name, host), a.model) for a in everyone):
+        wait_for_model(where, model, timeout=wait)
     cache_uri = (
         None if spec.cache.policy == "Off" else (spec.cache.uri or f"{spec.output_target.rstrip('/')}/cache")
     )
     out = stage_uri(run_uri, stage_name, shard)
-    outcome = run_agent_step(stage_spec, records, out, AgentStepOptions(host=host, cache_uri=cache_uri))
+    options = AgentStepOptions(host=host, agent_hosts=hosts, cache_uri=cache_uri)
+    outcome = run_agent_step(stage_spec, records, out, options)
     totals = outcome.totals()
     write_step_metrics(totals)
     # the step's result (Argo's outputs.result): where the rows are, and what they cost

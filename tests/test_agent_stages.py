@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from aistack.etl.parquet_io import read_table
-from aistack.steps import engine
+from aistack.steps import extractive
 from aistack.steps.agent_step import AgentStepOptions, run_agent_step
 from aistack.steps.model_client import ModelCallError, ModelClient, ResultCache, RetryPolicy
 from aistack.steps.model_server import EmbeddedModelServer, Faults
@@ -44,12 +44,12 @@ async def _stage(url: str, stage: StageSpec, recs: list[InputRecord], **client_k
 
 def test_map_answers_each_record_once() -> None:
     stage = StageSpec("answer", "map", QNA, StageSettings(question="Who created Python?"))
-    with EmbeddedModelServer(models=["llama3"]) as server:
+    with EmbeddedModelServer(models=["llama3"], stand_in_engine="extractive") as server:
         outcome, _ = run(_stage(server.url, stage, records(8), concurrency=4))
     assert [r["input_ids"] for r in outcome.rows] == [[f"r{i:04d}"] for i in range(8)]
     answered = [r["response"] for r in outcome.rows if "Guido" in r["response"]]
     assert len(answered) == 2  # records 0 and 4 carry the fact; the rest say so
-    assert all(r["response"] == engine.REFUSAL for r in outcome.rows if "Guido" not in r["response"])
+    assert all(r["response"] == extractive.REFUSAL for r in outcome.rows if "Guido" not in r["response"])
     assert all(
         r["prompt_tokens"] > 0 and r["eval_tokens"] > 0 and r["total_duration_ns"] > 0 for r in outcome.rows
     )
@@ -57,12 +57,12 @@ def test_map_answers_each_record_once() -> None:
 
 
 def test_reduce_combines_within_the_context_until_one_remains() -> None:
-    agent = AgentConfig("summarizer-agent", "llama3", "summarizer", context_tokens=400)
+    agent = AgentConfig("summarizer-agent", "llama3", "summarizer", context_tokens=600)
     stage = StageSpec("summary", "reduce", agent)
-    with EmbeddedModelServer(models=["llama3"]) as server:
+    with EmbeddedModelServer(models=["llama3"], stand_in_engine="extractive") as server:
         outcome, _ = run(_stage(server.url, stage, records(40)))
     levels = sorted({r["level"] for r in outcome.rows})
-    assert len(levels) >= 2, "40 records do not fit one 400-token call"
+    assert len(levels) >= 2, "40 records do not fit one 600-token call"
     assert [r["final"] for r in outcome.rows].count(True) == 1
     final = outcome.final[0]
     assert final["level"] == levels[-1] and final["response"]
@@ -76,7 +76,7 @@ def test_chat_takes_turns_and_the_judge_closes() -> None:
         "debate", "chat", AgentConfig("a", "llama3", "assistant"), StageSettings(question="When was Python released?"),
         participants=[AgentConfig("b", "aistack-extractive", "assistant")], judge=judge, rounds=2,
     )  # fmt: skip
-    with EmbeddedModelServer(models=["llama3"]) as server:
+    with EmbeddedModelServer(models=["llama3"], stand_in_engine="extractive") as server:
         outcome, _ = run(_stage(server.url, stage, records(4)))
     assert [r["agent"] for r in outcome.rows] == ["a", "b", "a", "b", "judge-agent"]
     assert [r["level"] for r in outcome.rows] == [1, 2, 3, 4, 5]
@@ -88,7 +88,7 @@ def test_retries_under_faults_give_exactly_one_result_per_record() -> None:
     faults = Faults(error_rate=0.25, drop_rate=0.1, slow_rate=0.05, slow_seconds=0.3, seed=7)
     stage = StageSpec("answer", "map", QNA, StageSettings(question="Who created Python?"))
     recs = records(60)
-    with EmbeddedModelServer(models=["llama3"], parallel=4, faults=faults) as server:
+    with EmbeddedModelServer(models=["llama3"], stand_in_engine="extractive", parallel=4, faults=faults) as server:
         outcome, stats = run(
             _stage(
                 server.url,
@@ -131,7 +131,7 @@ def test_cache_second_run_makes_no_calls_and_invalidates_on_change(
 ) -> None:
     stage = StageSpec("answer", "map", QNA, StageSettings(question="Who created Python?"))
     cache = ResultCache((tmp_path / "cache").as_uri())
-    with EmbeddedModelServer(models=["llama3"]) as server:
+    with EmbeddedModelServer(models=["llama3"], stand_in_engine="extractive") as server:
         first, _ = run(_stage(server.url, stage, records(12), cache=cache))
         calls = server.stats["generations"]
         assert calls == 12
@@ -144,8 +144,8 @@ def test_cache_second_run_makes_no_calls_and_invalidates_on_change(
         )
         run(_stage(server.url, changed, records(12), cache=cache))
         assert server.stats["generations"] == calls + 12, "a changed prompt calls again"
-    monkeypatch.setattr(engine, "ENGINE_VERSION", engine.ENGINE_VERSION + "-next")  # a new model digest
-    with EmbeddedModelServer(models=["llama3"]) as server:
+    monkeypatch.setattr(extractive, "ENGINE_VERSION", extractive.ENGINE_VERSION + "-next")  # a new model digest
+    with EmbeddedModelServer(models=["llama3"], stand_in_engine="extractive") as server:
         run(_stage(server.url, stage, records(12), cache=cache))
         assert server.stats["generations"] == 12, "a changed model digest calls again"
 
@@ -153,7 +153,7 @@ def test_cache_second_run_makes_no_calls_and_invalidates_on_change(
 def test_identical_calls_in_flight_are_merged(tmp_path: Path) -> None:
     stage = StageSpec("answer", "map", QNA, StageSettings(question="Who?"))
     same = [InputRecord(f"dup{i}", FACTS[0]) for i in range(6)]
-    with EmbeddedModelServer(models=["llama3"], faults=Faults(latency=0.05)) as server:
+    with EmbeddedModelServer(models=["llama3"], stand_in_engine="extractive", faults=Faults(latency=0.05)) as server:
         outcome, stats = run(
             _stage(server.url, stage, same, cache=ResultCache(tmp_path.as_uri()), concurrency=6)
         )
@@ -175,7 +175,7 @@ def test_contract_violations_are_retried_then_dead_lettered() -> None:
         contract_retries=2,
         error_budget_percent=100,
     )
-    with EmbeddedModelServer(models=["llama3"]) as server:
+    with EmbeddedModelServer(models=["llama3"], stand_in_engine="extractive") as server:
         outcome, _ = run(_stage(server.url, stage, records(2)))
         assert server.stats["generations"] == 6, "each record asked 3 times"
     assert all(
@@ -187,7 +187,7 @@ def test_contract_violations_are_retried_then_dead_lettered() -> None:
 def test_error_budget_fails_the_stage_but_keeps_every_row(tmp_path: Path) -> None:
     stage = StageSpec("answer", "map", QNA, StageSettings(question="Who?"), error_budget_percent=5)
     out = (tmp_path / "results").as_uri()
-    with EmbeddedModelServer(models=["llama3"], faults=Faults(error_rate=0.5, seed=1)) as server:
+    with EmbeddedModelServer(models=["llama3"], stand_in_engine="extractive", faults=Faults(error_rate=0.5, seed=1)) as server:
         options = AgentStepOptions(host=server.url, retry=RetryPolicy(attempts=1))
         with pytest.raises(StageFailedError, match=r"records failed, over the 5(\.0)?% error budget"):
             run_agent_step(stage, records(20), out, options)
