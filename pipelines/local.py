@@ -15,6 +15,7 @@ import inspect
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -110,10 +111,23 @@ def _call(fn: Callable[..., Any], arguments: dict[str, str]) -> str:
     return str(fn(**kwargs))
 
 
+class RunCancelled(Exception):
+    """The run's `cancel` event was set: it stopped before its next step (or fan-out item)."""
+
+
 def execute(
-    wf: Workflow, workers: int = 4, on_task: Callable[[str, str], None] | None = None
+    wf: Workflow,
+    workers: int = 4,
+    on_task: Callable[[str, str], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> dict[str, str]:
-    """Run a compiled Workflow's DAG here; returns each task's result."""
+    """Run a compiled Workflow's DAG here; returns each task's result. Setting `cancel` stops
+    the run cooperatively: the steps running finish, no further step starts."""
+
+    def go_on(step: str) -> None:
+        if cancel is not None and cancel.is_set():
+            raise RunCancelled(f"cancelled before step {step}")
+
     built = wf.build()
     spec = built.spec
     templates = {t.name: t for t in spec.templates}
@@ -135,6 +149,7 @@ def execute(
                 raise RuntimeError(f"the DAG cannot make progress: {sorted(pending)} wait on each other")
             for task in ready:
                 del pending[task.name]
+                go_on(task.name)
                 fn = _function(templates[task.template])
                 raw = {a.name: a.value for a in task.arguments.parameters or []}
                 if on_task:
@@ -142,7 +157,13 @@ def execute(
                 if task.with_param:
                     items = json.loads(_resolve(task.with_param, scope))
 
-                    def one(item: Any, raw: dict[str, str] = raw, fn: Callable[..., Any] = fn) -> str:
+                    def one(
+                        item: Any,
+                        raw: dict[str, str] = raw,
+                        fn: Callable[..., Any] = fn,
+                        step: str = task.name,
+                    ) -> str:
+                        go_on(step)
                         local = dict(scope)
                         local["item"] = json.dumps(item) if isinstance(item, dict | list) else item
                         if isinstance(item, dict):
@@ -166,8 +187,10 @@ def run_task(
     workers: int = 4,
     on_event: Callable[[str], None] | None = None,
     on_task: Callable[[str, str], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> LocalRun:
-    """Run a task locally end to end; `out` replaces spec.outputTarget (default: ./out/<task>)."""
+    """Run a task locally end to end; `out` replaces spec.outputTarget (default: ./out/<task>);
+    setting `cancel` stops it before its next step (RunCancelled)."""
     started = time.perf_counter()
     task = task.model_copy(deep=True)
     task.spec.output_target = out or Path("out", task.metadata.name).resolve().as_uri()
@@ -187,7 +210,7 @@ def run_task(
     saved = os.environ.get("OLLAMA_HOST")
     os.environ["OLLAMA_HOST"] = host
     try:
-        results = execute(wf, workers, on_task)
+        results = execute(wf, workers, on_task, cancel)
     finally:
         if saved is None:
             os.environ.pop("OLLAMA_HOST", None)
