@@ -8,19 +8,21 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
+from rich.progress import Progress, TextColumn
 from rich.text import Text
 
 from aistack import __version__
-from aistack.console import OneLineErrors, console, error_line, fail, out, say, state
+from aistack.console import (
+    OneLineErrors,
+    console,
+    error_line,
+    fail,
+    out,
+    progress_bar,
+    say,
+    state,
+    summary_table,
+)
 from aistack.gateway.command import gateway_command
 
 app = typer.Typer(
@@ -62,26 +64,6 @@ def _bounded_malloc() -> None:
     if sys.platform.startswith("linux") and name:
         with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
             ctypes.CDLL(name).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB
-
-
-def progress_bar() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
-
-
-def summary_table(title: str) -> Table:
-    """Two columns, name and value; a value too wide for the terminal is folded, never cut with "…"."""
-    table = Table(title=title, show_header=False)
-    table.add_column(no_wrap=True)
-    table.add_column(overflow="fold")
-    return table
 
 
 @app.command()
@@ -239,12 +221,16 @@ def run_command(
     import json as _json
 
     from aistack.etl.storage import open_storage
+    from aistack.inputs import check_own_input
     from aistack.pipelines.local import load_task, run_task
+    from aistack.pipelines.runtime import DATASETS_DIR
     from aistack.uris import storage_uri
 
     try:
         out_uri = storage_uri(out_uri) if out_uri else None  # a plain path, as `aistack etl --out` takes
         task, agent_objs = load_task(task_file, agents)
+        if task.spec.input is not None:
+            check_own_input(task.spec.input.model_dump(by_alias=True, exclude_none=True), DATASETS_DIR)
         from rich.progress import SpinnerColumn, TimeElapsedColumn
 
         steps = Progress(

@@ -13,6 +13,15 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
@@ -30,6 +39,26 @@ def error_line(message: str) -> Text:
 def say(text: str | Text, stderr: bool = True) -> None:
     """One line, printed as it is: never re-wrapped to the terminal's width (a URI stays whole)."""
     (console if stderr else out).print(text, soft_wrap=True, highlight=False)
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def summary_table(title: str) -> Table:
+    """Two columns, name and value; a value too wide for the terminal is folded, never cut with "…"."""
+    table = Table(title=title, show_header=False)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
+    return table
 
 
 def fail(exc: BaseException) -> None:

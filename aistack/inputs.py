@@ -108,3 +108,17 @@ class InputPolicy:
 
 def _has_glob(path: str) -> bool:
     return any(ch in path for ch in "*?[")
+
+
+def check_own_input(task_input: dict[str, Any] | None, datasets: Path) -> None:
+    """`aistack run`: the user may read any path of their own, but `include` never leaves the
+    dataset or directory it is relative to."""
+    if not task_input or not task_input.get("include"):
+        return
+    root: Path | None = None
+    if task_input.get("dataset"):
+        root = datasets / task_input["dataset"]
+    elif str(task_input.get("uri", "")).startswith("file://"):
+        path = unquote(urlparse(task_input["uri"]).path)
+        root = None if _has_glob(path) else Path(path)
+    check_include(task_input["include"], root if root is not None and root.is_dir() else None)

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import pytest
@@ -104,3 +105,39 @@ def test_a_bad_out_is_one_line_naming_the_option() -> None:
     assert result.output.strip() == (
         "error: --out: 's3://Not_A_Bucket/x' is not a path, a file:///absolute/path or an s3://bucket/prefix URI"
     )
+
+
+def test_run_reads_the_users_own_paths_but_include_never_escapes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OLLAMA_HOST", "http://127.0.0.1:9")  # the embedded engine stands in
+    corpus = tmp_path / "corpus"
+    (corpus / "docs").mkdir(parents=True)
+    (corpus / "docs" / "tuples.txt").write_text("Tuples are immutable sequences. " * 20)
+    (tmp_path / "private").mkdir()
+    (tmp_path / "private" / "key.txt").write_text("secret")
+    (corpus / "link").symlink_to(tmp_path / "private")
+    agents = ROOT / "examples" / "question-answering" / "agents.yaml"
+
+    def run(name: str, task_input: str) -> Any:
+        task = tmp_path / f"{name}.yaml"
+        task.write_text(
+            f"apiVersion: ai.stack/v1alpha1\nkind: TaskOrchestration\nmetadata: {{name: {name}}}\n"
+            f"spec:\n  input: {task_input}\n  question: What are tuples?\n"
+            "  pipeline: [{agentRef: qna-agent, mode: map}]\n  outputTarget: s3://unused/x/\n"
+        )
+        return CliRunner().invoke(
+            app, ["run", str(task), "--agents", str(agents), "--out", str(tmp_path / "out")]
+        )
+
+    escaped = run("escaped", "{dataset: python-docs, include: '../../../etc/passwd'}")
+    assert escaped.exit_code == 1
+    assert escaped.output.strip() == (
+        "error: spec.input.include: '../../../etc/passwd' has a '..' segment; it must stay inside the dataset"
+    )
+    linked = run("linked", f"{{uri: '{corpus.as_uri()}', include: link/key.txt}}")
+    assert linked.exit_code == 1
+    assert "spec.input.include: 'link/key.txt' leads out of the dataset through a symlink" in linked.output
+    mine = run("mine", f"{{uri: '{corpus.as_uri()}', include: 'docs/*.txt'}}")
+    assert mine.exit_code == 0, mine.output
+    assert "A: " in mine.output and "immutable" in mine.output
