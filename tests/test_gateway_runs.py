@@ -44,6 +44,15 @@ def named(name: str) -> dict[str, Any]:
     return task
 
 
+def settle(tasks: LocalTasks, name: str, phase: str) -> dict[str, Any]:
+    """The task's status once it reaches `phase` (within 10 s)."""
+    deadline = time.monotonic() + 10
+    while (status := tasks.get("default", name)["status"])["phase"] != phase and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert status["phase"] == phase, status
+    return status
+
+
 def test_the_runner_stops_before_its_next_step_when_cancelled(tmp_path: Path, model_host: str) -> None:
     task = parse(
         validated({**TASK, "spec": {**TASK["spec"], "outputTarget": tmp_path.as_uri()}}, "default", "t")
@@ -133,9 +142,7 @@ def test_an_old_run_never_writes_into_the_new_record(tmp_path: Path) -> None:
         tasks.delete("default", "tuples")
         tasks.create(validated(TASK, "default", "tuples"), "alice")
         assert started["tuples"].acquire(timeout=5)
-        deadline = time.monotonic() + 5
-        while tasks.get("default", "tuples")["status"]["phase"] != "Failed" and time.monotonic() < deadline:
-            time.sleep(0.02)
+        settle(tasks, "tuples", "Failed")
         release_old.set()
     finally:
         tasks.close()
@@ -206,9 +213,7 @@ def test_records_are_written_durably(tmp_path: Path, monkeypatch: pytest.MonkeyP
         tasks.create(validated(TASK, "default", "tuples"), "alice")
         first = synced[:2]
         assert Path(first[0]).name.startswith(".default.tuples.json.") and first[1] == str(state.resolve())
-        deadline = time.monotonic() + 5
-        while tasks.get("default", "tuples")["status"]["phase"] != "Running" and time.monotonic() < deadline:
-            time.sleep(0.02)
+        settle(tasks, "tuples", "Running")
         assert json.loads((state / "default.tuples.json").read_text())["status"]["phase"] == "Running"
         synced.clear()
         tasks.delete("default", "tuples")
@@ -241,9 +246,8 @@ def test_a_failed_run_reads_as_one_line_naming_the_field(tmp_path: Path) -> None
 
     tasks = LocalTasks(load_agents((QNA_AGENTS,)), (tmp_path / "out").as_uri(), tmp_path / "state", run=run)
     tasks.create(validated(TASK, "default", "tuples"), "alice")
+    status = settle(tasks, "tuples", "Failed")
     tasks.close()
-    status = tasks.get("default", "tuples")["status"]
-    assert status["phase"] == "Failed"
     assert status["message"].startswith(
         "ValidationError: invalid TaskOrchestrationSpec: outputTarget: String should match pattern"
     )
@@ -259,3 +263,36 @@ def test_the_gateway_takes_a_plain_out_path(tmp_path: Path, model_host: str) -> 
     assert status["outputs"]["uri"].startswith(f"{plain.as_uri()}/default/plain/")
     with pytest.raises(ValueError, match=r"^--out: 's3://Bad_Bucket' is not a path"):
         make_app(tmp_path, out="s3://Bad_Bucket")
+
+
+def test_stopping_the_gateway_cancels_runs_and_the_next_start_requeues_them(tmp_path: Path) -> None:
+    agents, state, out = load_agents((QNA_AGENTS,)), tmp_path / "state", (tmp_path / "out").as_uri()
+    running = threading.Event()
+
+    def cooperative(task: Any, agents: Any, out: str, on_task: Any, cancel: Any) -> LocalRun:
+        running.set()
+        assert cancel.wait(30), "never cancelled"
+        raise RunCancelled("cancelled before step shards")
+
+    first = LocalTasks(agents, out, state, run=cooperative)
+    first.create(validated(TASK, "default", "tuples"), "alice")
+    first.create(validated(named("queued"), "default", "queued"), "alice")
+    assert running.wait(5)
+    started = time.monotonic()
+    first.close()
+    assert time.monotonic() - started < 5, "close did not wait for the run to end by itself"
+    phases = {t["metadata"]["name"]: t["status"]["phase"] for t in first.list("default")}
+    assert phases == {"tuples": "Running", "queued": "Pending"}
+    reruns: list[str] = []
+
+    def quick(task: Any, agents: Any, out: str, on_task: Any, cancel: Any) -> LocalRun:
+        reruns.append(task.metadata.name)
+        return LocalRun(f"{task.metadata.name}-rerun", "file:///nonexistent", {"publish": "{}"})
+
+    second = LocalTasks(agents, out, state, run=quick)
+    deadline = time.monotonic() + 10
+    while len(reruns) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    second.close()
+    assert sorted(reruns) == ["queued", "tuples"]
+    assert {t["status"]["phase"] for t in second.list("default")} == {"Succeeded"}
