@@ -106,6 +106,10 @@ def test_without_a_token_anonymous_writes_are_refused_before_the_body(tmp_path: 
             for body in ({"content": MALFORMED}, {"json": INVALID}):
                 r = c.request(method, path, **body, headers={"content-type": "application/json"})
                 assert r.status_code == 401 and "anonymous writes are refused" in r.json()["message"], path
+        # nor does an anonymous caller learn which agents exist, or get past a bad namespace
+        for path in ("/translate", "/v1/agents/ghost/answer", "/answer?namespace=Not_A_Namespace"):
+            r = c.post(path, content=MALFORMED, headers={"content-type": "application/json"})
+            assert r.status_code == 401, (path, r.text)
         # an open read with a bad query is a validation error, one line naming the parameter
         r = c.get("/v1/tasks?namespace=Not_A_Namespace")
         assert r.status_code == 422
@@ -124,7 +128,8 @@ def test_cluster_mode_authenticates_and_authorizes_before_the_body(tmp_path: Pat
                 assert r.status_code == 401, (method, path, r.text)
             json_header = {"content-type": "application/json"}
             # bob may read but not write: 403 before his malformed body is looked at, as the API server does
-            for method, path in (("POST", "/v1/tasks"), ("DELETE", "/v1/tasks/tuples")):
+            for method, path in (("POST", "/v1/tasks"), ("DELETE", "/v1/tasks/tuples"),
+                                 ("POST", "/v1/agents/digest/summarize"), ("POST", "/summarize")):  # fmt: skip
                 r = c.request(
                     method, path, content=MALFORMED, headers={**as_user("bob-token"), **json_header}
                 )

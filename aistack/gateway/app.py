@@ -223,17 +223,31 @@ def create_app(
         return guard
 
     def agent_guard(find: Callable[[Request, str], Awaitable[ServedAgent]]) -> Guard:
-        """Authenticate before anything about agents is revealed, find the agent, then ask
-        whether the caller may invoke it."""
+        """Authenticate, and authorize the call before anything about agents is looked up or
+        revealed: on the agent's name when the path has it (as the API server authorizes a
+        named request before it looks for the object), else on the agent the endpoint resolves
+        to, or on the namespace when it resolves to none."""
 
         async def guard(request: Request) -> Caller:
             caller = await authenticate(request)
-            ns = namespace_of(request)
-            if not re.match(NAME_PATTERN, ns) or len(ns) > 63:
-                raise GatewayError(422, "Invalid", f"query.namespace: {ns!r} is not a DNS-1123 label")
-            served = await find(request, ns)
-            access = Access("create", "ollamaagents", served.namespace, served.name, "invoke", write=True)
-            await run_in_threadpool(auth.authorize, caller, access)
+            ns, named = namespace_of(request), request.path_params.get("agent")
+
+            async def may_invoke(name: str | None) -> None:
+                access = Access("create", "ollamaagents", ns, name, "invoke", write=True)
+                await run_in_threadpool(auth.authorize, caller, access)
+
+            if named is not None:
+                await may_invoke(named)
+            try:
+                if not re.match(NAME_PATTERN, ns) or len(ns) > 63:
+                    raise GatewayError(422, "Invalid", f"query.namespace: {ns!r} is not a DNS-1123 label")
+                served = await find(request, ns)
+            except GatewayError:
+                if named is None:
+                    await may_invoke(None)  # a caller who may not invoke learns nothing of the agents
+                raise
+            if named is None:
+                await may_invoke(served.name)
             request.state.served = served
             return caller
 
