@@ -119,7 +119,7 @@ class ClusterTasks:
         try:
             return {"uri": uri, "outputs": list(_first_outputs(uri))}
         except Exception as e:  # the task is still shown; the preview says why it is missing
-            return {"uri": uri, "error": f"cannot read {uri.rstrip('/')}/summary.json: {e}"}
+            return {"uri": uri, "error": f"cannot read {uri.rstrip('/')}/summary.json: {describe(e)}"}
 
     def list(self, namespace: str) -> list[dict[str, Any]]:
         found = self._call(
