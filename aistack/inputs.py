@@ -62,10 +62,15 @@ class InputPolicy:
     def allowing(
         cls, roots: tuple[Path, ...], buckets: tuple[str, ...], datasets: Path, resolve: bool
     ) -> InputPolicy:
-        """The policy of a gateway; no roots given means the bundled datasets and nothing else."""
+        """The policy of a gateway; no roots given means the bundled datasets and nothing else.
+        Local roots must exist here; in cluster mode they are paths on the workflow pods' disks."""
         for root in roots:
-            if not root.is_dir():
+            if resolve and not root.is_dir():
                 raise ValueError(f"--input-root {root}: not a directory")
+            if not root.is_absolute() and not resolve:
+                raise ValueError(
+                    f"--input-root {root}: give an absolute path (it is read in the workflow pods)"
+                )
         chosen = roots or (datasets,)
         return cls(tuple(_resolved(r.absolute(), resolve) for r in chosen), buckets, datasets, resolve)
 

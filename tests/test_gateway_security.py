@@ -209,6 +209,13 @@ def test_the_default_allows_the_bundled_datasets_and_nothing_else(tmp_path: Path
         buckets.check({"uri": "s3://private/x/"})
     with pytest.raises(ValueError, match=r"--input-root .*nowhere: not a directory"):
         InputPolicy.allowing((tmp_path / "nowhere",), (), DATASETS_DIR, resolve=True)
+    # cluster mode: the roots are on the workflow pods' disks (a volume the gateway has not mounted)
+    pods = InputPolicy.allowing((Path("/mnt/corpora"),), (), DATASETS_DIR, resolve=False)
+    pods.check({"uri": "file:///mnt/corpora/2026/", "include": "*.jsonl"})
+    with pytest.raises(InputRefused, match=r"^spec.input.uri: file:///mnt/other is outside"):
+        pods.check({"uri": "file:///mnt/other"})
+    with pytest.raises(ValueError, match=r"--input-root corpora: give an absolute path"):
+        InputPolicy.allowing((Path("corpora"),), (), DATASETS_DIR, resolve=False)
 
 
 def test_cluster_mode_checks_file_uris_and_buckets(tmp_path: Path, model_host: str) -> None:
