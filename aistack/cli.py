@@ -8,18 +8,21 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
+from rich.progress import Progress, TextColumn
+from rich.text import Text
 
 from aistack import __version__
-from aistack.console import console, fail, out, state
+from aistack.console import (
+    OneLineErrors,
+    console,
+    error_line,
+    fail,
+    out,
+    progress_bar,
+    say,
+    state,
+    summary_table,
+)
 from aistack.gateway.command import gateway_command
 
 app = typer.Typer(
@@ -28,6 +31,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=OneLineErrors,
 )
 
 
@@ -60,18 +64,6 @@ def _bounded_malloc() -> None:
     if sys.platform.startswith("linux") and name:
         with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
             ctypes.CDLL(name).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB
-
-
-def progress_bar() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
 
 
 @app.command()
@@ -115,7 +107,7 @@ def etl(
     except Exception as exc:
         fail(exc)
         return
-    table = Table(title="ETL summary", show_header=False)
+    table = summary_table("ETL summary")
     table.add_row("records in", f"{summary.records_in:,}")
     table.add_row("documents", f"{summary.documents:,}")
     table.add_row("chunks", f"{summary.chunks:,}")
@@ -126,8 +118,8 @@ def etl(
         "in = out + rejected", f"{summary.records_in} = {summary.documents} + {summary.rejected_total}"
     )
     table.add_row("throughput", f"{summary.mb_per_second:.1f} MB/s ({summary.seconds:.2f} s)")
-    table.add_row("output", summary.output)
     out.print(table)
+    say(f"output: {summary.output}", stderr=False)  # outside the table: a table would cut it with "…"
 
 
 crds_app = typer.Typer(help="The OllamaAgent and TaskOrchestration CRDs.", no_args_is_help=True)
@@ -159,13 +151,15 @@ def validate(
 ) -> None:
     """Check custom resources offline against the CRD schemas and CEL rules, as the API server would."""
     from aistack.crds.validation import load_file, validate_object
+    from aistack.messages import describe, one_line
 
     failed = False
     for path in files:
         try:
             documents = load_file(path)
         except (OSError, ValueError) as exc:
-            console.print(f"[red]{path}: {exc}[/]", highlight=False, soft_wrap=True)
+            message = exc.strerror if isinstance(exc, OSError) and exc.strerror else describe(exc)
+            say(error_line(message if message.startswith(str(path)) else f"{path}: {message}"))
             failed = True
             continue
         for doc in documents:
@@ -175,9 +169,9 @@ def validate(
             if issues:
                 failed = True
                 for issue in issues:
-                    out.print(f"[red]{path}: {kind}/{name}: {issue}[/]", highlight=False, soft_wrap=True)
+                    say(Text(one_line(f"{path}: {kind}/{name}: {issue}"), style="red"), stderr=False)
             else:
-                out.print(f"{path}: {kind}/{name}: valid", highlight=False, soft_wrap=True)
+                say(f"{path}: {kind}/{name}: valid", stderr=False)
     if failed:
         raise typer.Exit(1)
 
@@ -227,10 +221,16 @@ def run_command(
     import json as _json
 
     from aistack.etl.storage import open_storage
+    from aistack.inputs import check_own_input
     from aistack.pipelines.local import load_task, run_task
+    from aistack.pipelines.runtime import DATASETS_DIR
+    from aistack.uris import storage_uri
 
     try:
+        out_uri = storage_uri(out_uri) if out_uri else None  # a plain path, as `aistack etl --out` takes
         task, agent_objs = load_task(task_file, agents)
+        if task.spec.input is not None:
+            check_own_input(task.spec.input.model_dump(by_alias=True, exclude_none=True), DATASETS_DIR)
         from rich.progress import SpinnerColumn, TimeElapsedColumn
 
         steps = Progress(
@@ -245,12 +245,12 @@ def run_command(
                 else:
                     bar.update(ids[name], completed=1)
 
-            result = run_task(task, agent_objs, out_uri, workers, on_event=console.print, on_task=on_task)
+            result = run_task(task, agent_objs, out_uri, workers, on_event=say, on_task=on_task)
         summary = _json.loads(open_storage(result.outputs).read_bytes("summary.json"))
     except Exception as exc:
         fail(exc)
         return
-    table = Table(title=f"{task.metadata.name}: run {result.name}", show_header=False)
+    table = summary_table(f"{task.metadata.name}: run {result.name}")
     table.add_row("documents / chunks", f"{summary['etl']['documents']:,} / {summary['etl']['chunks']:,}")
     for name, st in summary["stages"].items():
         table.add_row(
@@ -259,12 +259,12 @@ def run_command(
     table.add_row("tokens (prompt / eval)", f"{summary['prompt_tokens']:,} / {summary['eval_tokens']:,}")
     table.add_row("model server", f"{result.host}{' (embedded engine)' if result.embedded else ''}")
     table.add_row("time", f"{result.seconds:.1f} s")
-    table.add_row("outputs", result.outputs)
     out.print(table)
+    say(f"outputs: {result.outputs}", stderr=False)  # whole: a table cell would end it with "…"
     if task.spec.question:
-        out.print(f"[bold]Q:[/] {task.spec.question}", highlight=False)
+        say(Text.assemble(("Q: ", "bold"), task.spec.question), stderr=False)
     for answer in summary["outputs"][:3]:
-        out.print(f"[bold]A:[/] {answer}", highlight=False, soft_wrap=True)
+        say(Text.assemble(("A: ", "bold"), str(answer)), stderr=False)
 
 
 @app.command("compile")
@@ -316,7 +316,7 @@ def compile_command(
         return
     if output:
         output.write_text(text)
-        console.print(f"wrote {output}")
+        say(f"wrote {output}")
     else:
         sys.stdout.write(text)
 

@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import string
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -200,10 +201,23 @@ def _call(fn: Callable[..., Any], arguments: dict[str, str]) -> str:
     return str(fn(**kwargs))
 
 
+class RunCancelled(Exception):
+    """The run's `cancel` event was set: it stopped before its next step (or fan-out item)."""
+
+
 def execute(
-    wf: Workflow, workers: int = 4, on_task: Callable[[str, str], None] | None = None
+    wf: Workflow,
+    workers: int = 4,
+    on_task: Callable[[str, str], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> dict[str, str]:
-    """Run a compiled Workflow's DAG here; returns each task's result."""
+    """Run a compiled Workflow's DAG here; returns each task's result. Setting `cancel` stops
+    the run cooperatively: the steps running finish, no further step starts."""
+
+    def go_on(step: str) -> None:
+        if cancel is not None and cancel.is_set():
+            raise RunCancelled(f"cancelled before step {step}")
+
     built = wf.build()
     spec = built.spec
     templates = {t.name: t for t in spec.templates}
@@ -225,6 +239,7 @@ def execute(
                 raise RuntimeError(f"the DAG cannot make progress: {sorted(pending)} wait on each other")
             for task in ready:
                 del pending[task.name]
+                go_on(task.name)
                 fn = _function(templates[task.template])
                 raw = {a.name: a.value for a in task.arguments.parameters or []}
                 if on_task:
@@ -232,7 +247,13 @@ def execute(
                 if task.with_param:
                     items = json.loads(_resolve(task.with_param, scope))
 
-                    def one(item: Any, raw: dict[str, str] = raw, fn: Callable[..., Any] = fn) -> str:
+                    def one(
+                        item: Any,
+                        raw: dict[str, str] = raw,
+                        fn: Callable[..., Any] = fn,
+                        step: str = task.name,
+                    ) -> str:
+                        go_on(step)
                         local = dict(scope)
                         local["item"] = json.dumps(item) if isinstance(item, dict | list) else item
                         if isinstance(item, dict):
@@ -256,11 +277,13 @@ def run_task(
     workers: int = 4,
     on_event: Callable[[str], None] | None = None,
     on_task: Callable[[str, str], None] | None = None,
+    cancel: threading.Event | None = None,
     stand_in_engine: str = "llama",
 ) -> LocalRun:
     """Run a task locally end to end; `out` replaces spec.outputTarget (default: ./out/<task>).
     Models come from `OLLAMA_HOST` where it has them, else from the embedded model server, whose
-    `stand_in_engine` answers for models it does not own (and says so in every result)."""
+    `stand_in_engine` answers for models it does not own (and says so in every result). Setting
+    `cancel` stops the run before its next step (RunCancelled)."""
     started = time.perf_counter()
     task = task.model_copy(deep=True)
     task.spec.output_target = out or Path("out", task.metadata.name).resolve().as_uri()
@@ -276,7 +299,7 @@ def run_task(
     os.environ["OLLAMA_HOST"] = first
     os.environ["AISTACK_AGENT_HOSTS"] = json.dumps(placement.hosts, sort_keys=True)
     try:
-        results = execute(wf, workers, on_task)
+        results = execute(wf, workers, on_task, cancel)
     finally:
         for key, value in saved.items():
             if value is None:

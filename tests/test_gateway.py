@@ -55,10 +55,18 @@ def model_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmbeddedModelServe
 
 
 def make_app(
-    tmp: Path, token: str | None = TOKEN, agents: tuple[Path, ...] = (QNA_AGENTS,), **limits: Any
+    tmp: Path,
+    token: str | None = TOKEN,
+    agents: tuple[Path, ...] = (QNA_AGENTS,),
+    out: str | None = None,
+    **settings_: Any,
 ) -> FastAPI:
     settings = GatewaySettings(
-        token=token, agent_files=agents, out=(tmp / "out").as_uri(), state_dir=tmp / "state", **limits
+        token=token,
+        agent_files=agents,
+        out=out or (tmp / "out").as_uri(),
+        state_dir=tmp / "state",
+        **settings_,
     )
     app, _ = build_app(settings)
     return app
@@ -159,7 +167,7 @@ def test_task_errors_name_what_is_wrong(client: TestClient) -> None:
     r = client.post(
         "/v1/tasks", json={"spec": TASK["spec"], "metadata": {"name": "Not_A_Name"}}, headers=AUTH
     )
-    assert r.status_code == 422 and r.json()["details"][0].startswith("body.metadata.name")
+    assert r.status_code == 422 and r.json()["details"][0].startswith("metadata.name: ")
     assert client.post("/v1/tasks", json=TASK, headers=AUTH).status_code == 201
     again = client.post("/v1/tasks", json=TASK, headers=AUTH)
     assert again.status_code == 409 and again.json()["reason"] == "AlreadyExists"
@@ -236,7 +244,7 @@ def test_agent_endpoints_answer_through_the_model_server(client: TestClient) -> 
     missing = client.post("/translate", json={"text": CONTEXT}, headers=AUTH)
     assert missing.status_code == 404 and "GET /v1/agents" in missing.json()["message"]
     empty = client.post("/summarize", json={"text": ""}, headers=AUTH)
-    assert empty.status_code == 422 and empty.json()["details"][0].startswith("body.text")
+    assert empty.status_code == 422 and empty.json()["details"][0].startswith("text: ")
     extra = client.post("/summarize", json={"text": CONTEXT, "temperature": 3}, headers=AUTH)
     assert extra.status_code == 422
 
@@ -369,7 +377,7 @@ def test_a_restarted_gateway_loses_no_task(tmp_path: Path) -> None:
     release = threading.Event()
     calls: list[str] = []
 
-    def blocked_run(task: Any, agents: Any, out: str, on_task: Any) -> Any:
+    def blocked_run(task: Any, agents: Any, out: str, on_task: Any, cancel: Any) -> Any:
         calls.append(task.metadata.name)
         release.wait(10)
         raise RuntimeError("the machine went away")
@@ -383,7 +391,7 @@ def test_a_restarted_gateway_loses_no_task(tmp_path: Path) -> None:
     # the process dies here: a second gateway starts on the same state before the first finishes
     finished = threading.Event()
 
-    def quick_run(task: Any, agents: Any, out: str, on_task: Any) -> Any:
+    def quick_run(task: Any, agents: Any, out: str, on_task: Any, cancel: Any) -> Any:
         calls.append(task.metadata.name)
         on_task("publish", "done")
         finished.set()

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import logging
+import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -35,7 +36,10 @@ from aistack.gateway.agents import (
 )
 from aistack.gateway.auth import Access, Authenticator, AuthError, Caller, bearer
 from aistack.gateway.limits import ClientLimiter, LimitsMiddleware
+from aistack.gateway.routing import OPEN, Guard, GuardedRoute, caller_of, guarded
 from aistack.gateway.tasks import GatewayError, TaskBackend, validated
+from aistack.inputs import InputPolicy, InputRefused
+from aistack.messages import describe, issues, joined, one_line
 
 log = logging.getLogger("aistack.gateway")
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -83,7 +87,10 @@ def error(
     details: list[str] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body = Status(code=code, reason=reason, message=message, details=details or []).model_dump()
+    # one line each, whatever an exception or the API server put in them
+    body = Status(
+        code=code, reason=reason, message=one_line(message), details=[one_line(d) for d in details or []]
+    ).model_dump()
     return JSONResponse(body, status_code=code, headers=headers)
 
 
@@ -107,11 +114,29 @@ class Metrics:
                                     ["agent", "kind"], registry=self.registry)  # fmt: skip
 
 
+def request_issues(errors: Sequence[Any]) -> list[str]:
+    """FastAPI's validation errors as `field.path: what is wrong`: body fields by their path in
+    the document (`metadata.name`), query parameters as `query.namespace`."""
+    found = []
+    for e in errors:
+        loc = list(e.get("loc") or ())
+        if e.get("type") == "json_invalid":
+            reason = (e.get("ctx") or {}).get("error", "")
+            at = f" at character {loc[1]}" if len(loc) > 1 else ""
+            found.append(f"body: not valid JSON{at}" + (f" ({reason})" if reason else ""))
+            continue
+        if loc[:1] == ["body"]:
+            loc = loc[1:] or ["body"]
+        found.extend(issues([{**e, "loc": loc}]))
+    return found
+
+
 def create_app(
     *,
     tasks: TaskBackend,
     agents: AgentDirectory,
     auth: Authenticator,
+    inputs: InputPolicy,
     default_namespace: str = "default",
     max_body_bytes: int = 1 << 20,
     client_concurrency: int = 8,
@@ -137,6 +162,7 @@ def create_app(
         lifespan=lifespan,
         responses=ERRORS,
     )
+    app.router.route_class = GuardedRoute  # every route below runs its guard before reading the request
     app.add_middleware(
         LimitsMiddleware,
         max_body_bytes=max_body_bytes,
@@ -157,8 +183,8 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        return error(422, "Invalid", "the request is invalid", details)
+        details = request_issues(exc.errors())
+        return error(422, "Invalid", f"the request is invalid: {joined(details)}", details)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -173,38 +199,100 @@ def create_app(
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error(500, "InternalError", f"{type(exc).__name__}: {exc}")
+        return error(500, "InternalError", f"{type(exc).__name__}: {describe(exc)}")
 
     async def authenticate(request: Request) -> Caller:
         # in a thread: the Kubernetes client is synchronous
         return await run_in_threadpool(auth.authenticate, bearer(request.headers.get("authorization")))
 
-    async def check(request: Request, access: Access, caller: Caller | None = None) -> Caller:
-        """Authenticate the bearer token (unless done), then authorize this access."""
-        caller = caller or await authenticate(request)
-        await run_in_threadpool(auth.authorize, caller, access)
-        return caller
+    def namespace_of(request: Request) -> str:
+        # read raw: the guard runs before FastAPI validates the query (then it is checked as usual)
+        return request.query_params.get("namespace") or default_namespace
+
+    def access(verb: str, resource: str, *, named: bool = False, write: bool = False) -> Guard:
+        """The guard of a route that is one Kubernetes access: authenticate, then authorize."""
+
+        async def guard(request: Request) -> Caller:
+            caller = await authenticate(request)
+            name = request.path_params.get("name") if named else None
+            await run_in_threadpool(
+                auth.authorize, caller, Access(verb, resource, namespace_of(request), name, write=write)
+            )
+            return caller
+
+        return guard
+
+    def agent_guard(find: Callable[[Request, str], Awaitable[ServedAgent]]) -> Guard:
+        """Authenticate, and authorize the call before anything about agents is looked up or
+        revealed: on the agent's name when the path has it (as the API server authorizes a
+        named request before it looks for the object), else on the agent the endpoint resolves
+        to, or on the namespace when it resolves to none."""
+
+        async def guard(request: Request) -> Caller:
+            caller = await authenticate(request)
+            ns, named = namespace_of(request), request.path_params.get("agent")
+
+            async def may_invoke(name: str | None) -> None:
+                access = Access("create", "ollamaagents", ns, name, "invoke", write=True)
+                await run_in_threadpool(auth.authorize, caller, access)
+
+            if named is not None:
+                await may_invoke(named)
+            try:
+                if not re.match(NAME_PATTERN, ns) or len(ns) > 63:
+                    raise GatewayError(422, "Invalid", f"query.namespace: {ns!r} is not a DNS-1123 label")
+                served = await find(request, ns)
+            except GatewayError:
+                if named is None:
+                    await may_invoke(None)  # a caller who may not invoke learns nothing of the agents
+                raise
+            if named is None:
+                await may_invoke(served.name)
+            request.state.served = served
+            return caller
+
+        return guard
+
+    async def named_agent(request: Request, ns: str) -> ServedAgent:
+        agent, endpoint = request.path_params["agent"], request.path_params["endpoint"]
+        served = (await run_in_threadpool(agents.agents, ns)).get(agent)
+        if served is None:
+            raise GatewayError(
+                404,
+                "NotFound",
+                f"no ready agent {agent!r} with an endpoint in namespace {ns!r}; see GET /v1/agents",
+            )
+        if served.endpoint != f"/{endpoint}":
+            raise GatewayError(404, "NotFound", f"agent {agent!r} serves {served.endpoint}, not /{endpoint}")
+        return served
+
+    async def bare_agent(request: Request, ns: str) -> ServedAgent:
+        return resolve_bare(await run_in_threadpool(agents.agents, ns), f"/{request.path_params['endpoint']}")
 
     # --- health and metrics ---
     @app.get("/healthz", tags=["health"])
+    @guarded(OPEN)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"])
+    @guarded(OPEN)
     async def readyz() -> dict[str, str]:
         try:
             await run_in_threadpool(tasks.ready)
-        except GatewayError as e:  # e.g. the API server cannot be reached: not ready, not an error of ours
+        except GatewayError as e:  # e.g. the API server or the model server is down: not ready
             raise GatewayError(503, "ServiceUnavailable", f"not ready: {e.message}") from e
         return {"status": "ready"}
 
     @app.get("/metrics", tags=["health"], response_class=Response)
+    @guarded(OPEN)
     async def metrics_endpoint() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # --- tasks ---
 
     @app.post("/v1/tasks", status_code=201, response_model=Submitted, tags=["tasks"])
+    @guarded(access("create", "taskorchestrations", write=True))
     async def submit_task(
         request: Request,
         response: Response,
@@ -212,48 +300,46 @@ def create_app(
         namespace: Namespace = None,
     ) -> Submitted:
         ns = namespace or default_namespace
-        caller = await check(request, Access("create", "taskorchestrations", ns, write=True))
         meta = body.metadata or TaskMetadata()
         name = meta.name or f"{meta.generateName or 'task-'}{secrets.token_hex(3)}"
         obj = validated(body.model_dump(exclude_none=True), ns, name)
-        created = await run_in_threadpool(tasks.create, obj, caller.name)
+        try:
+            inputs.check(obj["spec"].get("input"))
+        except InputRefused as e:
+            raise GatewayError(
+                403 if e.policy else 422, "Forbidden" if e.policy else "Invalid", str(e)
+            ) from e
+        created = await run_in_threadpool(tasks.create, obj, caller_of(request).name)
         url = f"/v1/tasks/{name}?namespace={ns}"
         response.headers["Location"] = url
         return Submitted(name=name, namespace=ns, statusUrl=url, task=created)
 
     @app.get("/v1/tasks", tags=["tasks"])
+    @guarded(access("list", "taskorchestrations"))
     async def list_tasks(request: Request, namespace: Namespace = None) -> dict[str, Any]:
-        ns = namespace or default_namespace
-        await check(request, Access("list", "taskorchestrations", ns))
-        return {"items": await run_in_threadpool(tasks.list, ns)}
+        return {"items": await run_in_threadpool(tasks.list, namespace or default_namespace)}
 
     @app.get("/v1/tasks/{name}", tags=["tasks"])
+    @guarded(access("get", "taskorchestrations", named=True))
     async def get_task(request: Request, name: str, namespace: Namespace = None) -> dict[str, Any]:
-        ns = namespace or default_namespace
-        await check(request, Access("get", "taskorchestrations", ns, name))
-        return await run_in_threadpool(tasks.get, ns, name)
+        return await run_in_threadpool(tasks.get, namespace or default_namespace, name)
 
     @app.delete("/v1/tasks/{name}", tags=["tasks"])
+    @guarded(access("delete", "taskorchestrations", named=True, write=True))
     async def delete_task(request: Request, name: str, namespace: Namespace = None) -> dict[str, Any]:
         ns = namespace or default_namespace
-        await check(request, Access("delete", "taskorchestrations", ns, name, write=True))
         await run_in_threadpool(tasks.delete, ns, name)
         return {"kind": "Status", "status": "Success", "details": {"name": name, "namespace": ns}}
 
     # --- agents ---
     @app.get("/v1/agents", tags=["agents"])
+    @guarded(access("list", "ollamaagents"))
     async def list_agents(request: Request, namespace: Namespace = None) -> dict[str, Any]:
-        ns = namespace or default_namespace
-        await check(request, Access("list", "ollamaagents", ns))
-        served = await run_in_threadpool(agents.agents, ns)
+        served = await run_in_threadpool(agents.agents, namespace or default_namespace)
         return {"items": [a.describe() for a in sorted(served.values(), key=lambda a: a.name)]}
 
-    async def invoke(request: Request, caller: Caller, served: ServedAgent, call: AgentRequest) -> Any:
-        await check(
-            request,
-            Access("create", "ollamaagents", served.namespace, served.name, "invoke", write=True),
-            caller,
-        )
+    async def invoke(request: Request, call: AgentRequest) -> Any:
+        served: ServedAgent = request.state.served
         if call.stream:
             return StreamingResponse(
                 await caller_pool.stream(served, call), media_type="application/x-ndjson"
@@ -265,6 +351,7 @@ def create_app(
 
     @app.post("/v1/agents/{agent}/{endpoint:path}", response_model=AgentResponse, tags=["agents"],
               responses={200: {"content": {"application/x-ndjson": {}}, "description": "the answer; NDJSON when stream is true"}})  # fmt: skip
+    @guarded(agent_guard(named_agent))
     async def call_agent(
         request: Request,
         agent: str,
@@ -272,27 +359,14 @@ def create_app(
         call: AgentRequest,
         namespace: Namespace = None,
     ) -> Any:
-        ns = namespace or default_namespace
-        caller = await authenticate(request)  # before anything about agents is revealed
-        served = (await run_in_threadpool(agents.agents, ns)).get(agent)
-        if served is None:
-            raise GatewayError(
-                404,
-                "NotFound",
-                f"no ready agent {agent!r} with an endpoint in namespace {ns!r}; see GET /v1/agents",
-            )
-        if served.endpoint != f"/{endpoint}":
-            raise GatewayError(404, "NotFound", f"agent {agent!r} serves {served.endpoint}, not /{endpoint}")
-        return await invoke(request, caller, served, call)
+        return await invoke(request, call)
 
     @app.post("/{endpoint:path}", response_model=AgentResponse, tags=["agents"],
               summary="Call the one agent that serves this endpoint (e.g. POST /summarize)")  # fmt: skip
+    @guarded(agent_guard(bare_agent))
     async def call_bare_endpoint(
         request: Request, endpoint: str, call: AgentRequest, namespace: Namespace = None
     ) -> Any:
-        ns = namespace or default_namespace
-        caller = await authenticate(request)
-        served = resolve_bare(await run_in_threadpool(agents.agents, ns), f"/{endpoint}")
-        return await invoke(request, caller, served, call)
+        return await invoke(request, call)
 
     return app

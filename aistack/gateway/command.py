@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from aistack.console import console, fail
+from aistack.console import fail, say
 
 
 def gateway_command(
@@ -24,7 +24,8 @@ def gateway_command(
         list[Path] | None, typer.Option("--agents", help="Local mode: OllamaAgent YAML (repeatable).")
     ] = None,
     out: Annotated[
-        str | None, typer.Option(help="Local mode: where runs write (URI; default ./out/gateway).")
+        str | None,
+        typer.Option(help="Local mode: where runs write (a path, file:// or s3://; default ./out/gateway)."),
     ] = None,
     state_dir: Annotated[Path, typer.Option(help="Local mode: task records (kept across restarts).")] = Path(
         "out/gateway/state"
@@ -34,6 +35,19 @@ def gateway_command(
     ] = None,
     ollama_host: Annotated[
         str | None, typer.Option(help="Cluster mode: Ollama for batch-mode agents' endpoints.")
+    ] = None,
+    input_root: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--input-root",
+            help="A directory tasks may read file:// input from (repeatable; default: the bundled datasets only).",
+        ),
+    ] = None,
+    input_bucket: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input-bucket", help="An S3 bucket tasks may read input from (repeatable; default: any)."
+        ),
     ] = None,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 1 << 20,
     client_concurrency: Annotated[int, typer.Option(help="Requests in flight per caller before 429.")] = 8,
@@ -53,11 +67,12 @@ def gateway_command(
         settings = GatewaySettings(
             mode=mode,  # type: ignore[arg-type]
             namespace=namespace, agent_files=tuple(agents or ()), out=out, state_dir=state_dir,
+            input_roots=tuple(input_root or ()), input_buckets=tuple(input_bucket or ()),
             kubeconfig=kubeconfig, ollama_host=ollama_host, max_body_bytes=max_body_bytes,
             client_concurrency=client_concurrency, request_timeout=request_timeout,
         )  # fmt: skip
         api, description = build_app(settings)
     except Exception as exc:
         fail(exc)
-    console.print(f"aistack gateway on http://{host}:{port} ({description}); OpenAPI at /docs")
+    say(f"aistack gateway on http://{host}:{port} ({description}); OpenAPI at /docs")
     uvicorn.run(api, host=host, port=port, log_level="info", proxy_headers=True)

@@ -20,6 +20,10 @@ class GatewaySettings:
     out: str | None = None  # where local runs write (default ./out/gateway)
     state_dir: Path = Path("out/gateway/state")  # task records, so a restart loses nothing
     workers: int = 1  # local tasks run one at a time by default: they share this machine
+    # input allow-list (both modes): file:// input under these roots (none given: the bundled
+    # datasets only), s3:// input from these buckets (none given: any the gateway can read)
+    input_roots: tuple[Path, ...] = ()
+    input_buckets: tuple[str, ...] = ()
     # cluster mode
     kubeconfig: str | None = None
     ollama_host: str | None = None  # for batch-mode agents, which have no server between batches

@@ -11,6 +11,7 @@ import functools
 import json
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +20,9 @@ from typing import Any, Protocol
 from aistack.crds.models import OllamaAgent, TaskOrchestration
 from aistack.crds.validation import InvalidResourceError, parse
 from aistack.etl.storage import open_storage
+from aistack.gateway.state import Key, RecordStore
+from aistack.messages import describe
+from aistack.pipelines.local import RunCancelled, ollama_reachable
 
 GROUP, VERSION, PLURAL = "ai.stack", "v1alpha1", "taskorchestrations"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -50,10 +54,8 @@ def validated(body: dict[str, Any], namespace: str, name: str) -> dict[str, Any]
             raise GatewayError(422, "Invalid", f"{key} must be {expected!r}, not {body.get(key)!r}")
     try:
         task = parse(obj)
-    except InvalidResourceError as e:
-        raise GatewayError(
-            422, "Invalid", f"TaskOrchestration {name!r} is invalid", [str(i) for i in e.issues]
-        ) from e
+    except InvalidResourceError as e:  # Kubernetes' message: 'TaskOrchestration "x" is invalid: spec...'
+        raise GatewayError(422, "Invalid", str(e), [str(i) for i in e.issues]) from e
     # the object as the API server would store it: with the CRD's defaults applied
     return task.model_dump(mode="json", by_alias=True, exclude_none=True)
 
@@ -117,7 +119,7 @@ class ClusterTasks:
         try:
             return {"uri": uri, "outputs": list(_first_outputs(uri))}
         except Exception as e:  # the task is still shown; the preview says why it is missing
-            return {"uri": uri, "error": f"cannot read {uri.rstrip('/')}/summary.json: {e}"}
+            return {"uri": uri, "error": f"cannot read {uri.rstrip('/')}/summary.json: {describe(e)}"}
 
     def list(self, namespace: str) -> list[dict[str, Any]]:
         found = self._call(
@@ -145,9 +147,14 @@ RunFn = Callable[..., Any]
 
 class LocalTasks:
     """Runs tasks with the local runner on a small thread pool. Each task's record (object and
-    status) is a JSON file under `state_dir`, written on every change, so a restarted gateway still
-    lists every task and re-queues those that had not finished (the result cache makes the re-run
-    cheap: finished model calls are not repeated)."""
+    status) is a JSON file under `state_dir` (gateway.state), written on every change, so a
+    restarted gateway still lists every task and re-queues those that had not finished (the
+    result cache makes the re-run cheap: finished model calls are not repeated).
+
+    A record carries a uid, as a Kubernetes object does: a run writes only to the record it was
+    started for, so a task deleted and created again under its name starts clean. Deleting a
+    task cancels its run (before its next step); so does stopping the gateway, whose unfinished
+    records are then re-queued by the next start."""
 
     def __init__(
         self,
@@ -156,38 +163,32 @@ class LocalTasks:
         state_dir: Path,
         workers: int = 1,
         run: RunFn | None = None,
+        model_host: str | None = None,
     ) -> None:
         from aistack.pipelines.local import run_task
 
-        self.agents, self.out, self.state_dir = agents, out.rstrip("/"), state_dir
+        self.agents, self.out, self.model_host = agents, out.rstrip("/"), model_host
         self._run = run or run_task
         self._lock = threading.Lock()
-        self._records: dict[tuple[str, str], dict[str, Any]] = {}
+        self._store = RecordStore(state_dir)
+        self._records: dict[Key, dict[str, Any]] = {}
+        self._cancels: dict[str, threading.Event] = {}  # by uid, for every queued or running run
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aistack-task")
-        state_dir.mkdir(parents=True, exist_ok=True)
-        for path in sorted(state_dir.glob("*.json")):
-            record = json.loads(path.read_text())
-            key = (record["metadata"]["namespace"], record["metadata"]["name"])
+        for key, record in self._store.load().items():
+            uid = record["metadata"].setdefault("uid", str(uuid.uuid4()))  # records of older gateways
             self._records[key] = record
             if record.get("status", {}).get("phase") in ("Pending", "Running"):
-                self._set_status(key, phase="Pending", message="re-queued after a gateway restart")
-                self._pool.submit(self._execute, key)
+                self._set_status(key, uid, phase="Pending", message="re-queued after a gateway restart")
+                self._queue(key, uid)
 
-    def _path(self, key: tuple[str, str]) -> Path:
-        return self.state_dir / f"{key[0]}.{key[1]}.json"
+    def _queue(self, key: Key, uid: str) -> None:
+        self._cancels[uid] = threading.Event()
+        self._pool.submit(self._execute, key, uid)
 
-    def _save(self, key: tuple[str, str]) -> None:
-        record = self._records.get(key)
-        if record is None:
-            return
-        tmp = self._path(key).with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
-        tmp.replace(self._path(key))  # atomic: a crash never leaves half a record
-
-    def _set_status(self, key: tuple[str, str], **changes: Any) -> None:
+    def _set_status(self, key: Key, uid: str, **changes: Any) -> None:
         with self._lock:
             record = self._records.get(key)
-            if record is None:  # deleted meanwhile
+            if record is None or record["metadata"].get("uid") != uid:  # deleted, maybe re-created
                 return
             status = record.setdefault("status", {})
             status.update(changes)
@@ -197,7 +198,7 @@ class LocalTasks:
                     {"type": phase, "status": "True", "reason": phase, "message": status.get("message", ""),
                      "lastTransitionTime": _now()}
                 ]  # fmt: skip
-            self._save(key)
+            self._store.save(key, record)
 
     def create(self, obj: dict[str, Any], submitted_by: str) -> dict[str, Any]:
         task = parse(obj)
@@ -208,22 +209,35 @@ class LocalTasks:
                 422, "Invalid", f"TaskOrchestration {obj['metadata']['name']!r} refers to undefined OllamaAgents: "
                 f"{', '.join(missing)}; this gateway has {', '.join(sorted(self.agents)) or 'none'}",
             )  # fmt: skip
+        cache = task.spec.cache.uri
+        if cache and (".." in cache.split("/") or not (cache.rstrip("/") + "/").startswith(self.out + "/")):
+            raise GatewayError(403, "Forbidden", f"spec.cache.uri: {cache} is outside this gateway's --out "
+                               f"({self.out}); leave it unset (the cache is kept beside the outputs)")  # fmt: skip
         key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        uid = str(uuid.uuid4())
         with self._lock:
             if key in self._records:
                 raise GatewayError(409, "AlreadyExists", f'taskorchestrations "{key[1]}" already exists')
             obj["metadata"].setdefault("annotations", {})["ai.stack/submitted-by"] = submitted_by
             obj["metadata"]["creationTimestamp"] = _now()
+            obj["metadata"]["uid"] = uid
             obj["status"] = {"phase": "Pending", "message": "queued for the local runner"}
             self._records[key] = obj
-            self._save(key)
-        self._pool.submit(self._execute, key)
+            self._store.save(key, obj)
+            self._queue(key, uid)
         return self.get(*key)
 
-    def _execute(self, key: tuple[str, str]) -> None:
+    def _execute(self, key: Key, uid: str) -> None:
+        try:
+            self._execute_run(key, uid, self._cancels[uid])
+        finally:
+            with self._lock:
+                self._cancels.pop(uid, None)
+
+    def _execute_run(self, key: Key, uid: str, cancel: threading.Event) -> None:
         with self._lock:
             record = self._records.get(key)
-            if record is None:
+            if record is None or record["metadata"].get("uid") != uid or cancel.is_set():
                 return
             task = parse({k: v for k, v in record.items() if k != "status"})
         done = {"steps": 0}
@@ -233,22 +247,29 @@ class LocalTasks:
                 return
             done["steps"] += 1
             self._set_status(
-                key, progress={"done": done["steps"], "text": f"{done['steps']} steps done, last {name}"}
+                key, uid, progress={"done": done["steps"], "text": f"{done['steps']} steps done, last {name}"}
             )
 
-        self._set_status(key, phase="Running", startTime=_now(), message="running on the local runner")
+        self._set_status(key, uid, phase="Running", startTime=_now(), message="running on the local runner")
         try:
-            run = self._run(task, self.agents, out=f"{self.out}/{key[0]}/{key[1]}", on_task=on_task)
+            run = self._run(
+                task, self.agents, out=f"{self.out}/{key[0]}/{key[1]}", on_task=on_task, cancel=cancel
+            )
+        except RunCancelled:  # deleted (its record is gone) or the gateway is stopping (re-queued)
+            return
         except Exception as e:  # reported in status, as the operator does for a failed workflow
-            self._set_status(key, phase="Failed", message=f"{type(e).__name__}: {e}", completionTime=_now())
+            self._set_status(
+                key, uid, phase="Failed", message=f"{type(e).__name__}: {describe(e)}", completionTime=_now()
+            )
             return
         published = json.loads(run.results.get("publish", "{}"))
         try:  # the first final answers, so that a caller following over HTTP sees the result
             summary = json.loads(open_storage(run.outputs).read_bytes("summary.json"))
         except Exception as e:  # the run succeeded; only the preview is missing
-            summary = {"outputs": [f"(summary.json unreadable: {e})"]}
+            summary = {"outputs": [f"(summary.json unreadable: {describe(e)})"]}
         self._set_status(
             key,
+            uid,
             phase="Succeeded",
             message=f"run {run.name} finished in {run.seconds:.1f}s",
             completionTime=_now(),
@@ -273,19 +294,34 @@ class LocalTasks:
             ]
 
     def delete(self, namespace: str, name: str) -> dict[str, Any]:
-        """Forget the task (outputs already written stay where they are); a run in progress
-        finishes in the background and is not recorded."""
-        record = self.get(namespace, name)
+        """Forget the task and cancel its run: a running run stops before its next step and
+        frees its worker (outputs already written stay where they are)."""
         with self._lock:
-            self._records.pop((namespace, name), None)
-            self._path((namespace, name)).unlink(missing_ok=True)
+            record = self._records.pop((namespace, name), None)
+            if record is None:
+                raise GatewayError(
+                    404, "NotFound", f'taskorchestrations "{name}" not found in namespace "{namespace}"'
+                )
+            self._store.delete((namespace, name))
+            cancel = self._cancels.get(record["metadata"].get("uid", ""))
+            if cancel is not None:
+                cancel.set()
         return record
 
     def ready(self) -> None:
-        return None
+        """Ready when the model server the tasks and agents use answers."""
+        if self.model_host is not None and not ollama_reachable(self.model_host):
+            raise GatewayError(
+                503, "ServiceUnavailable", f"the model server at {self.model_host} does not answer"
+            )
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=False)
+        """Stop: queued runs are dropped and running ones cancelled before their next step;
+        their records stay Pending/Running, so the next start re-queues them."""
+        with self._lock:
+            for cancel in self._cancels.values():
+                cancel.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _now() -> str:
