@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -206,6 +207,11 @@ def models_serve(
         fail(exc)
 
 
+class StandIn(StrEnum):
+    LLAMA = "llama"
+    EXTRACTIVE = "extractive"
+
+
 @app.command("run")
 def run_command(
     task_file: Annotated[Path, typer.Argument(help="A TaskOrchestration YAML file.")],
@@ -215,7 +221,14 @@ def run_command(
     out_uri: Annotated[
         str | None, typer.Option("--out", help="Outputs root (default: ./out/<task>); replaces outputTarget.")
     ] = None,
-    workers: Annotated[int, typer.Option(help="Parallel shards.")] = 4,
+    workers: Annotated[int, typer.Option(help="Parallel shards.", min=1)] = 4,
+    stand_in: Annotated[
+        StandIn,
+        typer.Option(
+            help="What answers for models no Ollama here provides: llama (the embedded LLM) or "
+            "extractive (instant, exact, not a language model)."
+        ),
+    ] = StandIn.LLAMA,
 ) -> None:
     """Run a task on this machine: the compiled graph, with Ollama or the embedded model server."""
     import json as _json
@@ -245,7 +258,15 @@ def run_command(
                 else:
                     bar.update(ids[name], completed=1)
 
-            result = run_task(task, agent_objs, out_uri, workers, on_event=say, on_task=on_task)
+            result = run_task(
+                task,
+                agent_objs,
+                out_uri,
+                workers,
+                on_event=say,
+                on_task=on_task,
+                stand_in_engine=stand_in.value,
+            )
         summary = _json.loads(open_storage(result.outputs).read_bytes("summary.json"))
     except Exception as exc:
         fail(exc)
@@ -257,7 +278,8 @@ def run_command(
             f"stage {name}", f"{st['rows']:,} records, {st['cached']:,} cached, {st['errors']:,} errors"
         )
     table.add_row("tokens (prompt / eval)", f"{summary['prompt_tokens']:,} / {summary['eval_tokens']:,}")
-    table.add_row("model server", f"{result.host}{' (embedded engine)' if result.embedded else ''}")
+    for model, served_by in sorted(result.models.items()):
+        table.add_row(f"model {model}", served_by)
     table.add_row("time", f"{result.seconds:.1f} s")
     out.print(table)
     say(f"outputs: {result.outputs}", stderr=False)  # whole: a table cell would end it with "…"

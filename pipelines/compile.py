@@ -66,7 +66,7 @@ def step_template(name: str, function: str, **kwargs: Any) -> Any:
     return script(name=name, constructor="runner", image=IMAGE, **kwargs)(source)
 
 
-def _quantity_sum(values: list[str | None]) -> str | None:
+def _quantity_sum(values: list[str | None], memory: bool) -> str | None:
     """Kubernetes quantities added up (memory in Mi, CPU in millicores), or None if none is set."""
     from kubernetes.utils.quantity import parse_quantity
 
@@ -75,9 +75,9 @@ def _quantity_sum(values: list[str | None]) -> str | None:
         return present[0] if present else None
     given = [parse_quantity(v) for v in present]
     total = sum(given)
-    if all(v == int(v) for v in given) and total >= 2**20:  # bytes: memory
-        return f"{math.ceil(total / 2**20)}Mi"
-    return f"{math.ceil(total * 1000)}m"
+    if memory:
+        return f"{int(total / 2**30)}Gi" if total % 2**30 == 0 else f"{math.ceil(total / 2**20)}Mi"
+    return str(int(total)) if total == int(total) else f"{math.ceil(total * 1000)}m"
 
 
 def ollama_resources(spec: OllamaAgentSpec) -> dict[str, dict[str, str]]:
@@ -95,9 +95,9 @@ def server_resources(specs: list[OllamaAgentSpec]) -> dict[str, dict[str, str]]:
     gpu = max((s.resources.gpu for s in specs), default=0)
     if gpu:
         limits[GPU_RESOURCE] = str(gpu)
-    if memory := _quantity_sum([s.resources.memory for s in specs]):
+    if memory := _quantity_sum([s.resources.memory for s in specs], memory=True):
         limits["memory"] = requests["memory"] = memory
-    if cpu := _quantity_sum([s.resources.cpu for s in specs]):
+    if cpu := _quantity_sum([s.resources.cpu for s in specs], memory=False):
         requests["cpu"] = cpu
     return {k: v for k, v in (("limits", limits), ("requests", requests)) if v}
 

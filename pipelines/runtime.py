@@ -133,6 +133,11 @@ def agent_config(name: str, spec: OllamaAgentSpec) -> AgentConfig:
     )
 
 
+def normalize_model(name: str) -> str:
+    """Ollama's full model name: the tag defaults to `latest`."""
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
 def ollama_host() -> str:
     """`OLLAMA_HOST` as a URL (Ollama accepts a bare host:port), default 127.0.0.1:11434."""
     host = os.environ.get("OLLAMA_HOST", "http://127.0.0.1:11434")
@@ -166,7 +171,7 @@ def wait_for_model(host: str, model: str, timeout: float = 900.0) -> None:
     it has `model`: listed, or pulled now with its progress logged. A pull that fails (a model the
     server cannot provide) fails the step at once, with the server's reason."""
     deadline = time.monotonic() + timeout
-    wanted = model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
+    wanted = normalize_model(model)
     client = ollama.Client(host=host, timeout=30)
 
     def listed() -> bool:
@@ -281,6 +286,7 @@ def publish(task: str, run_uri: str, run_id: str) -> str:
         "errors": 0,
     }
     final_rows = []
+    models: dict[str, dict[str, Any]] = {}  # what answered for each model asked for
     for st in spec.pipeline:
         stage_totals = {"rows": 0, "errors": 0, "prompt_tokens": 0, "eval_tokens": 0, "cached": 0}
         for uri in shard_datasets(run_uri, st.stage_name):
@@ -292,6 +298,12 @@ def publish(task: str, run_uri: str, run_id: str) -> str:
                 stage_totals["eval_tokens"] += row["eval_tokens"]
                 stage_totals["cached"] += row["cached"]
                 results.append(row, len(row["response"] or ""))
+                if row["served_model"]:
+                    models[row["model"]] = {
+                        "served_by": row["served_model"],
+                        "engine": row["engine"],
+                        "stand_in": normalize_model(row["model"]) != row["served_model"],
+                    }
                 if st.stage_name in last and row["final"] and row["error"] is None:
                     final_rows.append(row)
         totals["stages"][st.stage_name] = stage_totals
@@ -300,7 +312,13 @@ def publish(task: str, run_uri: str, run_id: str) -> str:
         totals["calls_cached"] += stage_totals["cached"]
         totals["errors"] += stage_totals["errors"]
     etl = read_manifest(f"{run_uri.rstrip('/')}/etl")["summary"]
-    summary = {"run_id": run_id, "etl": etl, **totals, "outputs": [r["response"] for r in final_rows[:20]]}
+    summary = {
+        "run_id": run_id,
+        "etl": etl,
+        **totals,
+        "models": models,
+        "outputs": [r["response"] for r in final_rows[:20]],
+    }
     dataset.publish(summary)
     open_storage(target).write_bytes("summary.json", json.dumps(summary, indent=2, sort_keys=True).encode())
     return json.dumps(

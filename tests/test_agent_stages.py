@@ -88,7 +88,9 @@ def test_retries_under_faults_give_exactly_one_result_per_record() -> None:
     faults = Faults(error_rate=0.25, drop_rate=0.1, slow_rate=0.05, slow_seconds=0.3, seed=7)
     stage = StageSpec("answer", "map", QNA, StageSettings(question="Who created Python?"))
     recs = records(60)
-    with EmbeddedModelServer(models=["llama3"], stand_in_engine="extractive", parallel=4, faults=faults) as server:
+    with EmbeddedModelServer(
+        models=["llama3"], stand_in_engine="extractive", parallel=4, faults=faults
+    ) as server:
         outcome, stats = run(
             _stage(
                 server.url,
@@ -144,7 +146,9 @@ def test_cache_second_run_makes_no_calls_and_invalidates_on_change(
         )
         run(_stage(server.url, changed, records(12), cache=cache))
         assert server.stats["generations"] == calls + 12, "a changed prompt calls again"
-    monkeypatch.setattr(extractive, "ENGINE_VERSION", extractive.ENGINE_VERSION + "-next")  # a new model digest
+    monkeypatch.setattr(
+        extractive, "ENGINE_VERSION", extractive.ENGINE_VERSION + "-next"
+    )  # a new model digest
     with EmbeddedModelServer(models=["llama3"], stand_in_engine="extractive") as server:
         run(_stage(server.url, stage, records(12), cache=cache))
         assert server.stats["generations"] == 12, "a changed model digest calls again"
@@ -153,7 +157,9 @@ def test_cache_second_run_makes_no_calls_and_invalidates_on_change(
 def test_identical_calls_in_flight_are_merged(tmp_path: Path) -> None:
     stage = StageSpec("answer", "map", QNA, StageSettings(question="Who?"))
     same = [InputRecord(f"dup{i}", FACTS[0]) for i in range(6)]
-    with EmbeddedModelServer(models=["llama3"], stand_in_engine="extractive", faults=Faults(latency=0.05)) as server:
+    with EmbeddedModelServer(
+        models=["llama3"], stand_in_engine="extractive", faults=Faults(latency=0.05)
+    ) as server:
         outcome, stats = run(
             _stage(server.url, stage, same, cache=ResultCache(tmp_path.as_uri()), concurrency=6)
         )
@@ -187,7 +193,9 @@ def test_contract_violations_are_retried_then_dead_lettered() -> None:
 def test_error_budget_fails_the_stage_but_keeps_every_row(tmp_path: Path) -> None:
     stage = StageSpec("answer", "map", QNA, StageSettings(question="Who?"), error_budget_percent=5)
     out = (tmp_path / "results").as_uri()
-    with EmbeddedModelServer(models=["llama3"], stand_in_engine="extractive", faults=Faults(error_rate=0.5, seed=1)) as server:
+    with EmbeddedModelServer(
+        models=["llama3"], stand_in_engine="extractive", faults=Faults(error_rate=0.5, seed=1)
+    ) as server:
         options = AgentStepOptions(host=server.url, retry=RetryPolicy(attempts=1))
         with pytest.raises(StageFailedError, match=r"records failed, over the 5(\.0)?% error budget"):
             run_agent_step(stage, records(20), out, options)

@@ -90,7 +90,16 @@ def test_validation_errors_are_field_paths_not_pydantic_dumps() -> None:
 
 def test_run_takes_a_plain_out_path_and_prints_the_whole_uri(tmp_path: Path) -> None:
     target = tmp_path / "a-rather-long-directory-name-for-the-outputs" / "[red] demo"
-    done = aistack("run", str(QA), "--out", str(target), columns=40, OLLAMA_HOST="http://127.0.0.1:9")
+    done = aistack(
+        "run",
+        str(QA),
+        "--out",
+        str(target),
+        "--stand-in",
+        "extractive",
+        columns=40,
+        OLLAMA_HOST="http://127.0.0.1:9",
+    )
     assert done.returncode == 0, done.stderr
     (line,) = [line for line in done.stdout.splitlines() if line.startswith("outputs: ")]
     uri = line.removeprefix("outputs: ")
@@ -117,7 +126,7 @@ def test_run_reads_the_users_own_paths_but_include_never_escapes(
     (tmp_path / "private").mkdir()
     (tmp_path / "private" / "key.txt").write_text("secret")
     (corpus / "link").symlink_to(tmp_path / "private")
-    agents = ROOT / "examples" / "question-answering" / "agents.yaml"
+    agents = ROOT / "tests" / "data" / "extractive-agents.yaml"
 
     def run(name: str, task_input: str) -> Any:
         task = tmp_path / f"{name}.yaml"

@@ -26,7 +26,7 @@ from aistack.steps.model_server import EmbeddedModelServer, Faults
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-QNA_AGENTS = ROOT / "examples" / "question-answering" / "agents.yaml"
+QNA_AGENTS = ROOT / "tests" / "data" / "extractive-agents.yaml"
 CONTEXT = (
     "Lists are mutable sequences. Tuples are immutable sequences, typically used to store collections of "
     "heterogeneous data. A list comprehension consists of brackets containing an expression followed by a for "

@@ -140,7 +140,7 @@ def test_faults_parse() -> None:
     assert Faults.parse("latency=0.1,error_rate=0.2,seed=3") == Faults(latency=0.1, error_rate=0.2, seed=3)
     with pytest.raises(ValueError, match="unknown fault 'explode'"):
         Faults.parse("explode=1")
-    with pytest.raises(ValueError, match="error_rate=2.0 must be a probability between 0 and 1"):
+    with pytest.raises(ValueError, match=r"error_rate=2\.0 must be a probability between 0 and 1"):
         Faults.parse("error_rate=2")
     with pytest.raises(ValueError, match="latency=nan must be a finite number"):
         Faults.parse("latency=nan")

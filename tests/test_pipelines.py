@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from aistack.cli import app
 from aistack.crds.validation import load_file, parse
-from aistack.etl.parquet_io import read_manifest
+from aistack.etl.parquet_io import read_manifest, read_table
 from aistack.etl.storage import open_storage
 from aistack.pipelines.compile import GPU_RESOURCE, compile_task
 from aistack.pipelines.examples import example_tasks, regenerate_argo
@@ -68,11 +68,13 @@ def test_gpu_agents_get_an_ollama_sidecar_with_gpu_scheduling() -> None:
         and sidecar["resources"]["limits"]["memory"] == "8Gi"
     )
     assert sidecar["resources"]["requests"]["cpu"] == "2"
-    assert {"name": "TEMPERATURE", "value": "0.7"} in sidecar["env"]
+    # TEMPERATURE is a request option (sent with every call), not something Ollama reads from its env
+    assert not any(e["name"] == "TEMPERATURE" for e in sidecar["env"])
+    assert {"name": "OLLAMA_HOST", "value": "127.0.0.1:11434"} in sidecar["env"]
     assert stage["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert stage["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert stage["volumes"][0]["persistentVolumeClaim"]["claimName"] == "aistack-model-cache"
-    assert {"name": "OLLAMA_HOST", "value": "http://localhost:11434"} in stage["script"]["env"]
+    assert {"name": "OLLAMA_HOST", "value": "http://127.0.0.1:11434"} in stage["script"]["env"]
     assert stage["metadata"]["labels"]["ai.stack/agent"] == "summarizer-agent"
     assert stage["retryStrategy"]["limit"] == "3" and stage["retryStrategy"]["backoff"]["duration"] == "10s"
     assert stage["script"]["args"][-1] == "aistack.pipelines.runtime:stage"
@@ -88,14 +90,71 @@ def test_gpu_agents_get_an_ollama_sidecar_with_gpu_scheduling() -> None:
     assert wf["metadata"]["annotations"]["workflows.argoproj.io/title"] == "aistack: answer-and-summarize"
 
 
-def test_cpu_agents_on_the_embedded_engine_request_no_gpu() -> None:
-    task, agents = load_task(QA)
+def _env(template: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in template["script"]["env"]}
+
+
+def test_a_multi_model_stage_gets_one_ollama_with_every_model() -> None:
+    """A chat stage of three agents on three models: one Ollama sidecar holds the GPU and keeps all
+    three models loaded (OLLAMA_MAX_LOADED_MODELS), and every agent is pointed at it."""
+    task, agents = load_task(ROOT / "examples" / "multi-model-chat" / "task.yaml")
     wf = compile_task(task, agents).to_dict()
-    stage = next(t for t in wf["spec"]["templates"] if t["name"] == "stage-answer")
+    stage = next(t for t in wf["spec"]["templates"] if t["name"] == "stage-debate")
+    (sidecar,) = stage["sidecars"]
+    env = {e["name"]: e["value"] for e in sidecar["env"]}
+    assert sidecar["image"].startswith("ollama/ollama:") and env["OLLAMA_MAX_LOADED_MODELS"] == "3"
+    assert sidecar["resources"]["limits"] == {GPU_RESOURCE: "1", "memory": "24Gi"}
+    assert json.loads(_env(stage)["AISTACK_AGENT_HOSTS"]) == {
+        name: "http://127.0.0.1:11434" for name in ("advocate", "judge", "skeptic")
+    }
+
+
+def test_cpu_agents_get_the_embedded_server_serving_each_of_their_models() -> None:
+    """CPU agents (gpu: 0, as the dev overlay sets them) share the aistack image's model server as a
+    sidecar, told every model the stage needs; it asks for no GPU and no GPU node."""
+    task, agents = load_task(ROOT / "examples" / "multi-model-chat" / "task.yaml")
+    for agent in agents.values():
+        agent.spec.resources.gpu = 0
+    stage = next(
+        t for t in compile_task(task, agents).to_dict()["spec"]["templates"] if t["name"] == "stage-debate"
+    )
     (sidecar,) = stage["sidecars"]
     assert sidecar["command"][:3] == ["aistack", "models", "serve"]
+    models = [sidecar["command"][i + 1] for i, arg in enumerate(sidecar["command"]) if arg == "--model"]
+    assert models == ["llama3.1:8b", "mistral:7b", "qwen2.5:7b"]
     assert GPU_RESOURCE not in (sidecar["resources"].get("limits") or {})
-    assert "nodeSelector" not in stage and "tolerations" not in stage
+    assert "nodeSelector" not in stage and "tolerations" not in stage and "volumes" not in stage
+
+
+def test_a_stage_mixing_gpu_cpu_and_service_agents_reaches_each_where_it_runs() -> None:
+    task, agents = load_task(ROOT / "examples" / "multi-model-chat" / "task.yaml")
+    agents["skeptic"].spec.resources.gpu = 0
+    agents["judge"].spec.mode = "service"
+    task.metadata.namespace = "team-a"
+    stage = next(
+        t for t in compile_task(task, agents).to_dict()["spec"]["templates"] if t["name"] == "stage-debate"
+    )
+    assert [c["name"] for c in stage["sidecars"]] == ["ollama", "models"]
+    assert "--port" in stage["sidecars"][1]["command"] and "11435" in stage["sidecars"][1]["command"]
+    assert json.loads(_env(stage)["AISTACK_AGENT_HOSTS"]) == {
+        "advocate": "http://127.0.0.1:11434",
+        "skeptic": "http://127.0.0.1:11435",
+        "judge": "http://judge.team-a.svc:11434",
+    }
+
+
+def test_every_template_in_argo_requests_gpus_and_serves_all_its_stage_models() -> None:
+    for path in (ROOT / "argo").glob("*.yaml"):
+        doc = yaml.safe_load(path.read_text())
+        spec = doc["spec"].get("workflowSpec", doc["spec"])
+        stages = [t for t in spec["templates"] if t["name"].startswith("stage-")]
+        assert stages, path
+        for stage in stages:
+            (sidecar,) = stage["sidecars"]
+            assert sidecar["image"].startswith("ollama/ollama:"), (path, stage["name"])
+            assert int(sidecar["resources"]["limits"][GPU_RESOURCE]) >= 1
+            hosts = json.loads(_env(stage)["AISTACK_AGENT_HOSTS"])
+            assert set(hosts.values()) == {"http://127.0.0.1:11434"}, (path, stage["name"])
 
 
 def test_compiled_size_does_not_depend_on_the_corpus(tmp_path: Path) -> None:
@@ -130,18 +189,37 @@ def test_argo_directory_is_up_to_date() -> None:
 def test_examples_run_locally_end_to_end(
     task_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Every example runs with no Ollama at all, and says what served it (here the extractive engine
+    stands in, for exact answers; tests/test_llama_engine.py runs the embedded LLM)."""
     monkeypatch.setenv("OLLAMA_HOST", "http://127.0.0.1:9")  # nothing there: the embedded engine is used
     task, agents = load_task(task_file)
     events: list[str] = []
-    run = run_task(task, agents, out=tmp_path.as_uri(), on_event=events.append)
-    assert run.embedded and "embedded extractive engine" in events[0]
+    run = run_task(task, agents, out=tmp_path.as_uri(), on_event=events.append, stand_in_engine="extractive")
+    assert run.embedded and events[0].startswith("no Ollama at http://127.0.0.1:9: started")
+    models = {agents[n].spec.model for n in task.spec.agent_refs()}
+    assert run.models == {
+        m: "served by the embedded aistack-extractive engine (not a language model) stand-in" for m in models
+    }
+    assert all(f"  {m} -> {run.models[m]}" in events for m in models)
     summary = json.loads(open_storage(run.outputs).read_bytes("summary.json"))
+    assert summary["models"] == {
+        m: {
+            "served_by": "aistack-extractive:latest",
+            "engine": summary["models"][m]["engine"],
+            "stand_in": True,
+        }
+        for m in models
+    }
+    results = read_table(run.outputs, "results").to_pylist()
+    assert {(r["model"], r["served_model"]) for r in results} == {
+        (m, "aistack-extractive:latest") for m in models
+    }
     assert summary["errors"] == 0 and summary["outputs"], summary
     assert all(st["rows"] > 0 for st in summary["stages"].values())
     if task_file == QA:
         assert "brackets containing an expression" in summary["outputs"][0]
     # a second run over unchanged data makes no model calls
-    again = run_task(task, agents, out=tmp_path.as_uri())
+    again = run_task(task, agents, out=tmp_path.as_uri(), stand_in_engine="extractive")
     summary2 = json.loads(open_storage(again.outputs).read_bytes("summary.json"))
     assert summary2["calls_cached"] == sum(st["rows"] for st in summary2["stages"].values())
     assert summary2["outputs"] == summary["outputs"]
@@ -153,9 +231,10 @@ def test_cli_compile_and_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert result.exit_code == 0, result.output
     argo_validate(yaml.safe_load(target.read_text()))
     monkeypatch.setenv("OLLAMA_HOST", "http://127.0.0.1:9")
-    ran = CliRunner().invoke(app, ["run", str(QA), "--out", tmp_path.as_uri()])
+    ran = CliRunner().invoke(app, ["run", str(QA), "--out", tmp_path.as_uri(), "--stand-in", "extractive"])
     assert ran.exit_code == 0, ran.output
-    assert "embedded extractive engine" in ran.output and "A:" in ran.output
+    assert "llama3.1:8b -> served by the embedded aistack-extractive engine" in ran.output
+    assert "A:" in ran.output
 
 
 def test_hera_authored_pipeline_builds_a_valid_workflow() -> None:
