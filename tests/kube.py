@@ -15,7 +15,10 @@ difference matters to aistack (each was seen against kube-apiserver):
   `default` and the kube-* namespaces exist, and creating in a missing namespace is 404
   `namespaces "X" not found`;
 - a created CustomResourceDefinition serves its resource (discovery), as the server does once it
-  is established.
+  is established;
+- /openapi/v3 says that every resource takes `fieldValidation` (what kubectl checks before it
+  leaves validation to the server), lists have their `kind` and the core group's discovery says
+  `v1` (kmock: "/v1"), so the real kubectl runs here.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 
 import kmock
 import yaml
+from aiohttp import web
 from kmock._internal import parsing  # pinned kmock==0.8.*: its path parser is fixed below
 
 from aistack.crds.schema import KINDS, resource_schema
@@ -107,6 +111,8 @@ class Emulator(kmock.KubernetesEmulator):
 
     async def _handle(self, request: kmock.Request) -> Any:
         resource = request.resource
+        if request.url.path.startswith("/openapi/v3"):
+            return web.json_response(self._openapi_v3(request.url.path))
         if request.method in (kmock.method.POST, kmock.method.PATCH, kmock.method.PUT):
             self.writes.append((str(request.method), request.url.path, copy.deepcopy(request.data)))
         if resource is not None and request.action == kmock.action.CREATE and isinstance(request.data, dict):
@@ -126,6 +132,44 @@ class Emulator(kmock.KubernetesEmulator):
         ):
             self._serve_crd(request.data)
         return response
+
+    async def _serve_version(self, request: kmock.Request) -> Any:
+        served = await super()._serve_version(request)
+        served["groupVersion"] = served["groupVersion"].lstrip("/")  # kmock says "/v1" for the core group
+        return served
+
+    async def _serve_list(self, request: kmock.Request) -> Any:
+        listed = await super()._serve_list(request)
+        info = self.resources[request.resource] if request.resource in self.resources else None  # noqa: SIM401 (no .get)
+        group = request.resource.group
+        version = f"{group}/{request.resource.version}" if group else request.resource.version
+        return {"apiVersion": version, "kind": f"{info.kind if info else 'Object'}List", **listed}
+
+    def _openapi_v3(self, path: str) -> dict[str, Any]:
+        """Just enough OpenAPI v3 for kubectl: each group/version's PATCH operations take fieldValidation."""
+        versions: dict[str, list[tuple[Any, Any]]] = {}
+        for resource in self._get_resources():
+            if resource.plural and resource.version and resource in self.resources:
+                prefix = (
+                    f"apis/{resource.group}/{resource.version}"
+                    if resource.group
+                    else f"api/{resource.version}"
+                )
+                versions.setdefault(prefix, []).append((resource, self.resources[resource]))
+        if path.rstrip("/") == "/openapi/v3":
+            return {"paths": {gv: {"serverRelativeURL": f"/openapi/v3/{gv}"} for gv in versions}}
+        gv = path.removeprefix("/openapi/v3/")
+        paths = {}
+        for resource, info in versions.get(gv, []):
+            scope = "namespaces/{namespace}/" if info.namespaced else ""
+            paths[f"/{gv}/{scope}{resource.plural}/{{name}}"] = {
+                "patch": {
+                    "x-kubernetes-group-version-kind": {"group": resource.group, "version": resource.version, "kind": info.kind},
+                    "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "OK"}},
+                }
+            }  # fmt: skip
+        return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": paths}
 
     def _has_namespace(self, name: str) -> bool:
         key = (NAMESPACES, None, name)
