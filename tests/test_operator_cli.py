@@ -44,3 +44,22 @@ def test_no_flags_means_cluster_wide_with_a_warning_and_info_logs(tmp_path: Path
     # the reconcile, at INFO, with the object named
     assert "[INFO    ] [default/summarizer-agent] Ready: batch mode" in output, output[-3000:]
     assert "Handler 'reconcile_agent' succeeded." in output
+
+
+def test_the_reconcile_benchmark_measures_the_api_server_it_is_given(tmp_path: Path) -> None:
+    """--kubeconfig: any API server (here a stand-in started apart), its own namespace, cleaned up."""
+    from conftest import ROOT
+
+    with ApiServer(tmp_path, OPERATOR_RESOURCES) as api:
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "operator_reconcile.py"), "--tasks", "3",
+             "--kubeconfig", str(api.kubeconfig), "--namespace", "bench"],
+            capture_output=True, text=True, timeout=240, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert (
+            f"API server: {api.kubeconfig}" in done.stdout and "3/3 tasks got their Workflow" in done.stdout
+        )
+        assert "ratio p50/baseline" in done.stdout
+        assert "bench" in api.names("namespaces")
+        assert not [n for n in api.names("taskorchestrations") if n.startswith("bench-")], "cleaned up"
