@@ -20,6 +20,7 @@ from rich.table import Table
 
 from aistack import __version__
 from aistack.console import console, fail, out, state
+from aistack.doctor_command import doctor_command
 from aistack.gateway.command import gateway_command
 from aistack.operator_command import operator_app
 
@@ -357,6 +358,7 @@ def submit_command(
 
 app.add_typer(operator_app, name="operator")
 app.command("gateway")(gateway_command)
+app.command("doctor")(doctor_command)
 
 
 def run() -> None:  # pragma: no cover - console entry
