@@ -34,6 +34,8 @@ def tracked_text_files() -> list[Path]:
 def test_no_tracked_file_reaches_outside_the_repository() -> None:
     found = []
     for path in tracked_text_files():
+        if path == Path(__file__).resolve():
+            continue  # this test names the patterns it looks for
         try:
             text = path.read_text()
         except UnicodeDecodeError:
