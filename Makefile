@@ -6,7 +6,7 @@ OUT ?= out/demo
 
 INFRA_VENV ?= .venv-infra
 
-.PHONY: setup infra-tools demo test lint format lock bench clean
+.PHONY: setup infra-tools browser demo test lint format lock bench clean
 
 setup: $(VENV)/.installed
 
@@ -32,10 +32,18 @@ $(INFRA_VENV)/.installed: infra/tools/requirements.lock infra/tools/kubectl.py
 	$(INFRA_VENV)/bin/python infra/tools/kubectl.py $(INFRA_VENV)
 	touch $@
 
+# Debian's chromium for the test that opens the gateway's /docs in a real browser (it skips, saying
+# so, where chromium cannot be installed: not root, or no apt-get).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is not installed and cannot be here: the browser test will skip"; fi; }
+
 demo: setup
 	$(BIN)/aistack run examples/question-answering/task.yaml --out file://$(CURDIR)/$(OUT)
 
-test: setup infra-tools
+test: setup infra-tools browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q

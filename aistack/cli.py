@@ -24,7 +24,9 @@ from aistack.console import (
     state,
     summary_table,
 )
+from aistack.doctor_command import doctor_command
 from aistack.gateway.command import gateway_command
+from aistack.operator_command import operator_app
 
 app = typer.Typer(
     name="aistack",
@@ -376,38 +378,9 @@ def submit_command(
     out.print(f"follow it with: argo watch -n {meta.get('namespace')} {meta.get('name')}", highlight=False)
 
 
-operator_app = typer.Typer(help="The Kubernetes operator.", no_args_is_help=True)
 app.add_typer(operator_app, name="operator")
-
-
-@operator_app.command("run")
-def operator_run(
-    namespace: Annotated[
-        list[str] | None, typer.Option("-n", "--namespace", help="Watch these namespaces.")
-    ] = None,
-    all_namespaces: Annotated[
-        bool, typer.Option("-A", "--all-namespaces", help="Watch the whole cluster.")
-    ] = False,
-    metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics port (0: off).")] = 9090,
-    health: Annotated[str, typer.Option(help="Liveness endpoint.")] = "http://0.0.0.0:8080/healthz",
-) -> None:
-    """Run the operator against the current kubeconfig (in a pod: its service account)."""
-    import os
-
-    import kopf
-
-    if not namespace and not all_namespaces:
-        fail(ValueError("give -n NAMESPACE (repeatable) or -A"))
-    os.environ["AISTACK_METRICS_PORT"] = str(metrics_port)
-    import aistack.operator.main  # noqa: F401  (registers the handlers)
-
-    with contextlib.suppress(KeyboardInterrupt):
-        kopf.run(
-            standalone=True, clusterwide=all_namespaces, namespaces=namespace or [], liveness_endpoint=health
-        )
-
-
 app.command("gateway")(gateway_command)
+app.command("doctor")(doctor_command)
 
 
 def run() -> None:  # pragma: no cover - console entry

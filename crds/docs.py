@@ -77,6 +77,18 @@ def render() -> str:
             + ".",
             "",
         ]
+        out += [
+            "Names: the API server takes any DNS-1123 subdomain; these rules (CEL at the schema's root)",
+            "reject names whose derived objects could never be created:",
+            "",
+            "| rule | message |",
+            "|---|---|",
+            *(
+                f"| `{_cell(r['rule'])}` | {_cell(r['message'])} |"
+                for r in schema["x-kubernetes-validations"]
+            ),
+            "",
+        ]
         for part in ("spec", "status"):
             rows: list[str] = []
             rules: list[str] = []

@@ -19,6 +19,8 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# what the API server itself demands of a custom resource's metadata.name
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 QUANTITY = r"^([+]?[0-9]+(\.[0-9]+)?|[+]?\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -232,6 +234,10 @@ class Chunking(Model):
 class Stage(Model):
     model_config = ConfigDict(
         json_schema_extra=_cel(
+            (
+                "!has(self.dependsOn) || !self.dependsOn.exists(d, d == (has(self.name) ? self.name : self.agentRef))",
+                "a stage cannot depend on itself (its name defaults to its agentRef)",
+            ),
             ("!has(self.rounds) || self.mode == 'chat'", "rounds is only valid with mode: chat"),
             ("!has(self.participants) || self.mode == 'chat'", "participants is only valid with mode: chat"),
             ("!has(self.judgeRef) || self.mode == 'chat'", "judgeRef is only valid with mode: chat"),
@@ -408,6 +414,39 @@ class TaskOrchestrationStatus(Model):
 
 
 # --------------------------------------------------------------------------- resources
+
+# The API server accepts any DNS-1123 subdomain (253 characters, dots) as a name; the rules below,
+# at the root of each CRD's schema (where CEL sees metadata.name), reject names whose derived
+# objects could never be created, so `kubectl apply` fails instead of the operator.
+# size() first: it costs nothing, and CEL's cost estimate of an unbounded name stays small.
+NAME_RULES: dict[str, list[dict[str, str]]] = {
+    "OllamaAgent": _cel(
+        (
+            "self.metadata.name.size() <= 56",
+            "metadata.name must be at most 56 characters: the agent's Ollama sidecar is the container "
+            "ollama-<name>, a DNS-1123 label",
+        ),
+        (
+            "!self.metadata.name.contains('.')",
+            "metadata.name must not contain '.': it names Services, containers and labels (DNS-1123 labels)",
+        ),
+        (
+            "self.spec.mode != 'service' || self.metadata.name.matches('^[a-z]')",
+            "metadata.name must start with a letter in mode: service (the Service <name> is a DNS-1035 label)",
+        ),
+    )["x-kubernetes-validations"],
+    "TaskOrchestration": _cel(
+        (
+            "self.metadata.name.size() <= 63",
+            "metadata.name must be at most 63 characters: it is the value of the ai.stack/task label "
+            "of every step",
+        ),
+        (
+            "!self.metadata.name.contains('.')",
+            "metadata.name must not contain '.': workflow and label names derived from it are DNS-1123 labels",
+        ),
+    )["x-kubernetes-validations"],
+}
 
 
 class ObjectMeta(BaseModel):

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from aistack.crds.models import (
     GROUP,
+    NAME_RULES,
     VERSION,
     OllamaAgentSpec,
     OllamaAgentStatus,
@@ -124,6 +125,7 @@ def resource_schema(kind: str) -> dict[str, Any]:
             "spec": spec,
             "status": status,
         },
+        "x-kubernetes-validations": NAME_RULES[kind],
     }
 
 

@@ -8,7 +8,8 @@
    the operator runs the same function.
 
 Each problem is reported with its field path, e.g. `spec.chunking: overlapTokens must be less
-than maxTokens`.
+than maxTokens`, on one short line: values in messages are cut (crds.yaml_loader.short). Files
+are read by crds.yaml_loader, as kubectl reads them and within bounds.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from typing import Any
 
 import cel
 import jsonschema
-import yaml
 
-from aistack.crds.models import API_VERSION, DNS1123_LABEL, OllamaAgent, TaskOrchestration
+from aistack.crds.models import API_VERSION, DNS1123_SUBDOMAIN, OllamaAgent, TaskOrchestration
 from aistack.crds.schema import KINDS, resource_schema
+from aistack.crds.yaml_loader import read_manifest_file, short
+
+MAX_LISTED_ISSUES = 20  # an error line names the first ones and counts the rest
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +45,10 @@ class InvalidResourceError(ValueError):
 
     def __init__(self, kind: str, name: str, issues: list[Issue]) -> None:
         self.kind, self.name, self.issues = kind, name, issues
-        listed = "; ".join(str(i) for i in issues)
-        super().__init__(f'{kind} "{name}" is invalid: {listed}')
+        listed = "; ".join(str(i) for i in issues[:MAX_LISTED_ISSUES])
+        if len(issues) > MAX_LISTED_ISSUES:
+            listed += f"; and {len(issues) - MAX_LISTED_ISSUES} more"
+        super().__init__(f'{short(kind, 40)[1:-1]} "{short(name)[1:-1]}" is invalid: {listed}')
 
 
 def _path(parts: list[Any] | tuple[Any, ...]) -> str:
@@ -92,13 +97,20 @@ def _program(rule: str) -> Any:
     return cel.compile(rule)
 
 
+def _message(error: jsonschema.ValidationError) -> str:
+    """jsonschema's message with the offending value cut short (it embeds its whole repr)."""
+    whole = repr(error.instance)
+    return error.message.replace(whole, short(error.instance)) if len(whole) > 80 else error.message
+
+
 def _schema_issues(obj: dict[str, Any], kind: str) -> list[Issue]:
     issues = []
-    for error in sorted(_validator(kind).iter_errors(obj), key=lambda e: list(e.absolute_path)):
+    for error in sorted(_validator(kind).iter_errors(obj), key=lambda e: [str(p) for p in e.absolute_path]):
         path = list(error.absolute_path)
         if error.validator == "additionalProperties":
             extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-            issues.append(Issue(_path(path), f"unknown field(s) {', '.join(extra)}"))
+            listed = ", ".join(short(k, 40)[1:-1] for k in extra[:10]) + (" ..." if len(extra) > 10 else "")
+            issues.append(Issue(_path(path), f"unknown field(s) {listed}"))
         elif error.validator == "required":
             missing = error.message.split("'")[1]
             issues.append(Issue(_path([*path, missing]), "Required value"))
@@ -106,17 +118,18 @@ def _schema_issues(obj: dict[str, Any], kind: str) -> list[Issue]:
             issues.append(
                 Issue(
                     _path(path),
-                    f"Unsupported value {error.instance!r}: supported values: {error.validator_value}",
+                    f"Unsupported value {short(error.instance)}: supported values: {error.validator_value}",
                 )
             )
         elif error.validator == "pattern":
             issues.append(
                 Issue(
-                    _path(path), f"Invalid value {error.instance!r}: should match '{error.validator_value}'"
+                    _path(path),
+                    f"Invalid value {short(error.instance)}: should match '{error.validator_value}'",
                 )
             )
         else:
-            issues.append(Issue(_path(path), f"Invalid value: {error.message}"))
+            issues.append(Issue(_path(path), f"Invalid value: {_message(error)}"))
     return issues
 
 
@@ -126,7 +139,7 @@ def _cel_issues(value: Any, schema: dict[str, Any], path: list[Any]) -> list[Iss
         try:
             ok = _program(rule["rule"]).execute({"self": value})
         except Exception as exc:  # evaluation errors reject the object, as in the API server
-            issues.append(Issue(_path(path), f"{rule['message']} (rule error: {exc})"))
+            issues.append(Issue(_path(path), f"{rule['message']} (rule error: {short(str(exc))[1:-1]})"))
             continue
         if ok is not True:
             issues.append(Issue(_path(path), rule["message"]))
@@ -141,13 +154,19 @@ def _cel_issues(value: Any, schema: dict[str, Any], path: list[Any]) -> list[Iss
 
 
 def dependency_cycle(spec: dict[str, Any]) -> list[str] | None:
-    """A dependsOn cycle among the stages, as a list of names, or None."""
+    """A dependsOn cycle of two or more stages, as a list of names, or None.
+
+    Duplicate names and a stage naming itself are CEL rules of the CRD, reported once there: with
+    duplicates there is no graph to speak of, and a self-edge is left out here.
+    """
     stages = spec.get("pipeline") or []
     names = [s.get("name") or s.get("agentRef") for s in stages]
+    if len(set(names)) != len(names):
+        return None
     edges: dict[str, list[str]] = {}
     for i, (name, stage) in enumerate(zip(names, stages, strict=True)):
         default = [names[i - 1]] if i else []
-        edges[name] = list(stage.get("dependsOn", default))
+        edges[name] = [d for d in stage.get("dependsOn", default) if d != name]
     state: dict[str, int] = {}
     trail: list[str] = []
 
@@ -189,20 +208,27 @@ def _validate(obj: Any) -> tuple[dict[str, Any], list[Issue]]:
         return {}, [Issue("", f"expected a mapping, got {type(obj).__name__}")]
     kind, api_version = obj.get("kind"), obj.get("apiVersion")
     if kind not in KINDS:
-        return obj, [Issue("kind", f"Unsupported value {kind!r}: supported values: {sorted(KINDS)}")]
+        return obj, [Issue("kind", f"Unsupported value {short(kind)}: supported values: {sorted(KINDS)}")]
     if api_version != API_VERSION:
-        return obj, [Issue("apiVersion", f"Unsupported value {api_version!r}: expected {API_VERSION!r}")]
+        return obj, [Issue("apiVersion", f"Unsupported value {short(api_version)}: expected {API_VERSION!r}")]
     issues = []
     name = (obj.get("metadata") or {}).get("name")
     if not isinstance(name, str) or not name:
         issues.append(Issue("metadata.name", "Required value"))
-    elif len(name) > 63 or not re.match(DNS1123_LABEL, name):
-        issues.append(Issue("metadata.name", f"Invalid value {name!r}: must be a DNS-1123 label"))
+    elif len(name) > 253 or not re.match(DNS1123_SUBDOMAIN, name):
+        # the API server's own check; the CRD's CEL rules then narrow it (see models.NAME_RULES)
+        issues.append(
+            Issue(
+                "metadata.name",
+                f"Invalid value {short(name)}: a lowercase RFC 1123 subdomain must consist of lower case "
+                "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+            )
+        )
     schema = resource_schema(kind)
     defaulted = apply_defaults(obj, schema)
     schema_issues = _schema_issues(defaulted, kind)
     issues += schema_issues
-    if not schema_issues:  # CEL assumes a schema-valid object, as in the API server
+    if not schema_issues and not issues:  # CEL assumes a schema-valid object, as in the API server
         issues += _cel_issues(defaulted, schema, [])
         issues += _semantic_issues(kind, defaulted)
     return defaulted, issues
@@ -220,8 +246,6 @@ def parse(obj: dict[str, Any]) -> OllamaAgent | TaskOrchestration:
 
 
 def load_file(path: Path) -> list[dict[str, Any]]:
-    """The YAML documents of a file (empty documents skipped)."""
-    try:
-        return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    """The YAML documents of a file (empty documents skipped), read as kubectl reads them, within
+    bounds; a ValueError (crds.yaml_loader.YamlLoadError) names the file and what is wrong."""
+    return read_manifest_file(path)

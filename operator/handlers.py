@@ -13,6 +13,10 @@ TaskOrchestration
 - A spec change while a run is going: a new generation gets a new workflow; the old one is left
   to finish (its results stay where it wrote them). Deletion: owned workflows are garbage
   collected through their ownerReferences; no finalizer (outputs on S3 are kept on purpose).
+- What happened is posted as Kubernetes Events (`kubectl describe tasko`): AgentsNotReady,
+  WorkflowCreated/WorkflowAdopted, Running, Succeeded, Failed with the reason, Invalid.
+- Handlers return None: kopf would store a return value in status, where the structural
+  schema prunes it (and kopf then warns on every reconcile).
 
 OllamaAgent
 - batch mode: nothing runs between batches; a valid spec is Ready.
@@ -23,6 +27,8 @@ OllamaAgent
 from __future__ import annotations
 
 import copy
+import hashlib
+import logging
 import os
 from typing import Any
 
@@ -36,6 +42,19 @@ from aistack.pipelines.compile import compile_task
 
 AGENT_RETRY_SECONDS = float(os.environ.get("AISTACK_AGENT_RETRY_SECONDS", "15"))
 FOLLOW_SECONDS = float(os.environ.get("AISTACK_FOLLOW_SECONDS", "10"))
+# Argo's limits: a Workflow name is a label value (63); a CronWorkflow's runs add "-<unix time>" (52 + 11)
+NAME_LIMITS = {"Workflow": 63, "CronWorkflow": 52}
+log = logging.getLogger("aistack.operator")
+
+
+def report(body: kopf.Body, reason: str, message: str, warning: bool = False) -> None:
+    """A Kubernetes Event on the object (kubectl describe) and the same line in the operator's log."""
+    meta = body.get("metadata") or {}
+    kopf.event(body, type="Warning" if warning else "Normal", reason=reason, message=message)
+    log.log(
+        logging.WARNING if warning else logging.INFO,
+        f"[{meta.get('namespace')}/{meta.get('name')}] {reason}: {message}",
+    )
 
 
 def _object(body: kopf.Body | dict[str, Any]) -> dict[str, Any]:
@@ -51,9 +70,14 @@ def _object(body: kopf.Body | dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def workflow_name(task: str, generation: int | None) -> str:
-    suffix = f"-g{generation or 1}"
-    return task[: 63 - len(suffix)] + suffix
+def workflow_name(task: str, generation: int | None, kind: str = "Workflow") -> str:
+    """`<task>-g<generation>`; too long for Argo, the task part is cut and a hash of the whole
+    task name keeps it unique and deterministic (a restarted operator derives the same name)."""
+    suffix, limit = f"-g{generation or 1}", NAME_LIMITS[kind]
+    if len(task) + len(suffix) <= limit:
+        return task + suffix
+    digest = hashlib.sha256(task.encode()).hexdigest()[:8]
+    return f"{task[: limit - len(suffix) - 9].rstrip('-')}-{digest}{suffix}"
 
 
 def _agent_ready(agent: dict[str, Any]) -> bool:
@@ -70,6 +94,7 @@ def _parse_or_fail(
     except InvalidResourceError as exc:
         _set_status(patch, dict(status), {"phase": "Failed", "message": str(exc), "observedGeneration": generation,
                     "conditions": [condition(condition_type, False, "Invalid", str(exc), generation)]})  # fmt: skip
+        report(body, "Invalid", str(exc), warning=True)
         raise kopf.PermanentError(str(exc)) from exc
 
 
@@ -84,11 +109,11 @@ def _set_status(patch: kopf.Patch, old: dict[str, Any], new: dict[str, Any]) -> 
 @kopf.on.update(GROUP, VERSION, "taskorchestrations", field="spec")
 @kopf.on.resume(GROUP, VERSION, "taskorchestrations")
 def reconcile_task(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, namespace: str, name: str,
-                   patch: kopf.Patch, logger: Any, **_: Any) -> dict[str, Any]:  # fmt: skip
+                   patch: kopf.Patch, **_: Any) -> None:  # fmt: skip
     generation = meta.get("generation")
     with metrics.reconcile("TaskOrchestration"):
         if status.get("observedGeneration") == generation and status.get("workflowName"):
-            return {"workflow": status["workflowName"], "adopted": True}  # resumed: already submitted
+            return  # resumed: already submitted
         task = _parse_or_fail(body, status, patch, generation, "Valid")
         assert isinstance(task, TaskOrchestration)
         refs = task.spec.agent_refs()
@@ -100,32 +125,38 @@ def reconcile_task(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, namesp
                 [f"not ready: {', '.join(unready)}"] if unready else []
             )
             message = f"OllamaAgents {'; '.join(parts)}"
+            if status.get("message") != message:  # one Event per change, not one per retry
+                report(
+                    body,
+                    "AgentsNotReady",
+                    f"{message}; retrying every {AGENT_RETRY_SECONDS:g} s",
+                    warning=True,
+                )
             _set_status(patch, dict(status), {"phase": "Pending", "message": message, "observedGeneration": generation,
                         "conditions": [condition("AgentsReady", False, "AgentsMissing" if missing else "AgentsNotReady", message, generation)]})  # fmt: skip
             raise kopf.TemporaryError(message, delay=AGENT_RETRY_SECONDS)
         agents = {r: parse(_object(a)) for r, a in found.items()}  # type: ignore[arg-type]
-        wf = compile_task(task, agents, name=workflow_name(name, generation), namespace=namespace)  # type: ignore[arg-type]
+        kind = "CronWorkflow" if task.spec.schedule else "Workflow"
+        wf = compile_task(task, agents, name=workflow_name(name, generation, kind), namespace=namespace)  # type: ignore[arg-type]
         manifest = wf.to_dict()
         kopf.adopt(manifest, owner=body)
         created, fresh = kube.create_or_get_workflow(namespace, manifest)
-        kind = manifest["kind"]
         if fresh:
             metrics.WORKFLOWS_CREATED.labels(kind).inc()
-        logger.info(f"{'created' if fresh else 'adopted existing'} {kind} {created['metadata']['name']}")
         phase = "Scheduled" if kind == "CronWorkflow" else "Submitted"
         message = f"{kind} {created['metadata']['name']} {'created' if fresh else 'adopted'}"
+        report(body, "WorkflowCreated" if fresh else "WorkflowAdopted", message)
         _set_status(patch, dict(status), {
             "phase": phase, "workflowName": created["metadata"]["name"], "observedGeneration": generation, "message": message,
             "conditions": [condition("AgentsReady", True, "AgentsReady", "all agents are ready", generation),
                            condition("Submitted", True, "WorkflowCreated" if fresh else "WorkflowAdopted", message, generation)],
         })  # fmt: skip
         metrics.task_phase(namespace, name, phase)
-        return {"workflow": created["metadata"]["name"], "adopted": not fresh}
 
 
 @kopf.timer(GROUP, VERSION, "taskorchestrations", interval=FOLLOW_SECONDS, initial_delay=1.0)
-def follow_task(spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, namespace: str, name: str,
-                patch: kopf.Patch, **_: Any) -> None:  # fmt: skip
+def follow_task(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, namespace: str,
+                name: str, patch: kopf.Patch, **_: Any) -> None:  # fmt: skip
     wf_name = status.get("workflowName")
     if not wf_name or (
         status.get("phase") in TERMINAL and status.get("observedGeneration") == meta.get("generation")
@@ -148,6 +179,8 @@ def follow_task(spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, namespace
         if current == {k: v for k, v in new.items() if k != "conditions"}:
             return
         _set_status(patch, dict(status), new)
+        if new["phase"] != status.get("phase") and new["phase"] in ("Running", "Succeeded", "Failed"):
+            report(body, new["phase"], new["message"], warning=new["phase"] == "Failed")
         metrics.task_phase(namespace, name, new["phase"])
         for kind in ("prompt", "eval"):
             metrics.TOKENS.labels(namespace, name, kind).set(new["tokens"][kind])
@@ -157,7 +190,7 @@ def follow_task(spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, namespace
 @kopf.on.update(GROUP, VERSION, "ollamaagents", field="spec")
 @kopf.on.resume(GROUP, VERSION, "ollamaagents")
 def reconcile_agent(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, namespace: str, name: str,
-                    patch: kopf.Patch, logger: Any, **_: Any) -> None:  # fmt: skip
+                    patch: kopf.Patch, **_: Any) -> None:  # fmt: skip
     generation = meta.get("generation")
     with metrics.reconcile("OllamaAgent"):
         agent = _parse_or_fail(body, status, patch, generation, "Ready")
@@ -167,6 +200,7 @@ def reconcile_agent(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, names
             message = "batch mode: an Ollama sidecar runs in each stage pod"
             _set_status(patch, dict(status), {"phase": "Ready", "observedGeneration": generation, "message": message,
                         "conditions": [condition("Ready", True, "BatchMode", message, generation)]})  # fmt: skip
+            report(body, "Ready", message)
             return
         for manifest in filter(
             None,
@@ -185,12 +219,12 @@ def reconcile_agent(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, names
             "conditions": [condition("ModelReady", False, "Pulling", message, generation),
                            condition("Ready", False, "Pulling", message, generation)],
         })  # fmt: skip
-        logger.info(message)
+        report(body, "Pulling", message)
 
 
 @kopf.timer(GROUP, VERSION, "ollamaagents", interval=FOLLOW_SECONDS, initial_delay=1.0)
-def follow_agent(spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, namespace: str, name: str,
-                 patch: kopf.Patch, **_: Any) -> None:  # fmt: skip
+def follow_agent(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, namespace: str,
+                 name: str, patch: kopf.Patch, **_: Any) -> None:  # fmt: skip
     if spec.get("mode", "batch") != "service":
         return
     deployment = kube.get_deployment(namespace, f"{name}-ollama")
@@ -208,3 +242,5 @@ def follow_agent(spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, namespac
         "conditions": [condition("ModelReady", ok, "ModelPresent" if ok else "Pulling", message, generation),
                        condition("Ready", ok, "ReplicasReady" if ok else "ReplicasNotReady", message, generation)],
     })  # fmt: skip
+    if ok != (status.get("phase") == "Ready"):
+        report(body, "Ready" if ok else "NotReady", message, warning=not ok)

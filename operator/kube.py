@@ -32,6 +32,13 @@ CALLS: set[tuple[str, str, str]] = {
     ("", "services", "create"),
     ("", "persistentvolumeclaims", "create"),
 }
+# kopf.adopt() sets blockOwnerDeletion: true on what the operator creates; with the
+# OwnerReferencesPermissionEnforcement admission plugin (on by default in OpenShift) that needs
+# `update` on the owner's finalizers subresource, or the create is refused (403).
+OWNER_FINALIZERS: set[tuple[str, str, str]] = {
+    ("ai.stack", "taskorchestrations/finalizers", "update"),
+    ("ai.stack", "ollamaagents/finalizers", "update"),
+}
 
 
 @functools.cache

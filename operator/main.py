@@ -14,7 +14,13 @@ from aistack.operator import handlers  # noqa: F401  (registers the handlers)
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
-    settings.posting.level = logging.WARNING  # k8s Events for warnings and errors only
+    # Events: the handlers' own (AgentsNotReady, WorkflowCreated, Succeeded, Failed, ...) and kopf's
+    # per-object log lines (a handler that failed and will retry, with the error). Timers log
+    # locally only, so following a run posts nothing until its phase changes.
+    settings.posting.enabled = True
+    settings.posting.loggers = True
+    settings.posting.level = logging.INFO
+    settings.posting.reporting_component = "aistack-operator"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="ai.stack")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="ai.stack")
     settings.watching.server_timeout = int(os.environ.get("AISTACK_WATCH_TIMEOUT", "300"))

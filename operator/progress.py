@@ -50,6 +50,20 @@ def _result(node: dict[str, Any]) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def phase_message(
+    workflow: dict[str, Any], phase: str, done: int, total: int, outputs: str | None, reason: str
+) -> str:
+    """status.message for a phase: it always says what the run is doing now, never an older step."""
+    name = f"{workflow.get('kind', 'Workflow')} {workflow['metadata']['name']}"
+    if phase == "Succeeded":
+        return f"{name} succeeded" + (f"; outputs at {outputs}" if outputs else "")
+    if phase == "Failed":
+        return f"{name} failed: {reason or 'no reason given'}"
+    if phase == "Running":
+        return f"{name} running: {done}/{total} steps done" + (f" ({reason})" if reason else "")
+    return f"{name} submitted, waiting for Argo to start it" + (f" ({reason})" if reason else "")
+
+
 def task_status(workflow: dict[str, Any], generation: int | None) -> dict[str, Any]:
     """Phase, progress, tokens, outputs, times, failure message and conditions of a run."""
     status = workflow.get("status") or {}
@@ -67,10 +81,11 @@ def task_status(workflow: dict[str, Any], generation: int | None) -> dict[str, A
         elif template == "publish" and result.get("outputs"):
             outputs = result["outputs"]
     failed = [n for n in pods if n.get("phase") in ("Failed", "Error")]
-    message = status.get("message") or ""
+    reason = status.get("message") or ""
     if failed:
         first = sorted(failed, key=lambda n: n.get("finishedAt") or "")[0]
-        message = f"step {first.get('displayName') or first.get('name')}: {first.get('message') or 'failed'}"
+        reason = f"step {first.get('displayName') or first.get('name')}: {first.get('message') or 'failed'}"
+    message = phase_message(workflow, phase, done, len(pods), outputs, reason)
     out: dict[str, Any] = {
         "phase": phase,
         "workflowName": workflow["metadata"]["name"],
@@ -79,7 +94,7 @@ def task_status(workflow: dict[str, Any], generation: int | None) -> dict[str, A
         "tokens": {"prompt": prompt, "eval": eval_, "total": prompt + eval_},
         "startedAt": status.get("startedAt"),
         "finishedAt": status.get("finishedAt"),
-        "message": message or None,
+        "message": message,
     }
     if outputs:
         out["outputs"] = outputs

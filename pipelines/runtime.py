@@ -17,7 +17,6 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,12 +29,13 @@ from aistack.etl.loaders import LoaderOptions
 from aistack.etl.parquet_io import DatasetWriter, read_manifest, read_table
 from aistack.etl.schemas import RESULTS
 from aistack.etl.storage import open_storage
+from aistack.pipelines.datasets import dataset_path, datasets_dir
 from aistack.steps.agent_step import AgentStepOptions, read_records, run_agent_step
 from aistack.steps.roles import AgentConfig, StageSettings, options_from_env
 from aistack.steps.stages import InputRecord, StageSpec
 
-# bundled datasets: the checkout's datasets/, or where the image puts them
-DATASETS_DIR = Path(os.environ.get("AISTACK_DATASETS", Path(__file__).resolve().parent.parent / "datasets"))
+# bundled datasets: AISTACK_DATASETS, else the package's (aistack.pipelines.datasets)
+DATASETS_DIR = datasets_dir()
 CHUNKS_PER_SHARD = 64  # below this a shard is not worth a pod
 
 
@@ -60,11 +60,7 @@ def input_source(spec: TaskOrchestrationSpec, run_uri: str) -> str:
     if spec.input is not None:
         root = spec.input.uri
         if spec.input.dataset:
-            path = DATASETS_DIR / spec.input.dataset
-            if not path.is_dir():
-                bundled = sorted(p.name for p in DATASETS_DIR.iterdir() if p.is_dir())
-                raise ValueError(f"unknown dataset {spec.input.dataset!r}; bundled: {bundled}")
-            root = str(path)
+            root = str(dataset_path(spec.input.dataset, DATASETS_DIR))
         assert root is not None  # the CRD requires uri or dataset
         return f"{root.rstrip('/')}/{spec.input.include}" if spec.input.include else root
     storage = open_storage(f"{run_uri.rstrip('/')}/input")

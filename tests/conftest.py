@@ -49,3 +49,10 @@ def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     client.bucket = bucket  # type: ignore[attr-defined]
     yield client
     storage.s3_client.cache_clear()
+
+
+def pytest_report_header() -> str:
+    """Which check validates compiled Argo objects in this run (see tests/argo_schema.py)."""
+    from argo_schema import CHECK
+
+    return f"compiled Argo objects are validated with {CHECK}"

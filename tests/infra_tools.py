@@ -35,13 +35,14 @@ def kustomize(directory: Path) -> tuple[dict[str, Any], ...]:
 
 
 def kustomization_dirs() -> list[Path]:
-    """Every directory of the repository that holds a kustomization.yaml (venvs, .git and build outputs aside)."""
+    """Every directory of the repository that holds a kustomization (kustomization.yaml, or
+    `Kustomization`, which `kubectl apply -f DIR` skips); venvs, .git and build outputs aside."""
     found = []
     for top, dirs, files in os.walk(ROOT):
         dirs[:] = [
             d for d in dirs if not d.startswith(".") and d not in ("build", "dist", "out")
         ]  # not sources
-        if "kustomization.yaml" in files:
+        if {"kustomization.yaml", "Kustomization"} & set(files):
             found.append(Path(top))
     return sorted(found)
 

@@ -120,7 +120,13 @@ CATALOGUE: list[tuple[dict[str, Any], str, Any, str, str]] = [
     (AGENT, "spec.keepAlive", "forever", "spec.keepAlive", "should match"),
     (AGENT, "spec.numParallel", 0, "spec.numParallel", "minimum"),
     (AGENT, "spec.unknownField", True, "spec", "unknown field(s) unknownField"),
-    (AGENT, "metadata.name", "Summarizer_Agent", "metadata.name", "DNS-1123"),
+    (AGENT, "metadata.name", "Summarizer_Agent", "metadata.name", "RFC 1123 subdomain"),
+    # names the API server accepts (subdomains) but whose derived objects could never be created
+    (AGENT, "metadata.name", "a" * 57, "", "metadata.name must be at most 56 characters"),
+    (AGENT, "metadata.name", "summarizer.agent", "", "metadata.name must not contain '.'"),
+    (TASK, "metadata.name", "t" * 64, "", "metadata.name must be at most 63 characters"),
+    (TASK, "metadata.name", "x" * 254, "metadata.name", "RFC 1123 subdomain"),
+    (TASK, "metadata.name", "answer.and.summarize", "", "metadata.name must not contain '.'"),
     (AGENT, "apiVersion", "ai.stack/v1", "apiVersion", "Unsupported value"),
     (TASK, "spec.pipeline", [], "spec.pipeline", "Invalid value"),
     (TASK, "spec.pipeline", _DELETE, "spec.pipeline", "Required"),
@@ -135,6 +141,7 @@ CATALOGUE: list[tuple[dict[str, Any], str, Any, str, str]] = [
         "dependsOn must name stages of this pipeline",
     ),
     (TASK, "spec.pipeline.0.dependsOn", ["summarizer-agent"], "spec.pipeline", "dependsOn forms a cycle"),
+    (TASK, "spec.pipeline.1.dependsOn", ["summarizer-agent"], "spec.pipeline[1]", "cannot depend on itself"),
     (TASK, "spec.pipeline.0.rounds", 3, "spec.pipeline[0]", "rounds is only valid with mode: chat"),
     (TASK, "spec.pipeline.0.mode", "chat", "spec.pipeline[0]", "mode: chat needs participants"),
     (TASK, "spec.pipeline.0.labels", ["only-one"], "spec.pipeline[0].labels", "Invalid value"),
@@ -224,3 +231,33 @@ def test_cli_validate_prints_field_paths(tmp_path: Path) -> None:
         "TaskOrchestration/answer-and-summarize: spec.chunking: overlapTokens must be less than maxTokens"
         in bad.output
     )
+
+
+def test_a_service_agent_name_must_start_with_a_letter() -> None:
+    """Its Service is named after it, and Service names are DNS-1035 labels."""
+    agent = _set(_set(AGENT, "metadata.name", "1-summarizer"), "spec.mode", "service")
+    assert [str(i) for i in validate_object(agent)] == [
+        "metadata.name must start with a letter in mode: service (the Service <name> is a DNS-1035 label)"
+    ]
+    assert validate_object(_set(AGENT, "metadata.name", "1-summarizer")) == []  # batch: no Service
+
+
+def test_duplicate_stage_names_are_one_error_not_a_false_cycle() -> None:
+    dup = _set(TASK, "spec.pipeline.1.name", "qna-agent")
+    assert [str(i) for i in validate_object(dup)] == [
+        "spec: stage names must be unique (a stage's name defaults to its agentRef)"
+    ]
+    selfish = _set(TASK, "spec.pipeline.0.dependsOn", ["qna-agent"])
+    assert [str(i) for i in validate_object(selfish)] == [
+        "spec.pipeline[0]: a stage cannot depend on itself (its name defaults to its agentRef)"
+    ]
+
+
+def test_messages_stay_short_whatever_the_value() -> None:
+    huge = _set(TASK, "spec.question", "q" * 5_000_000)
+    (issue,) = validate_object(huge)
+    assert issue.path == "spec.question" and len(str(issue)) < 200, str(issue)[:300]
+    many = _set(TASK, "spec.chunking", {f"field{i}": i for i in range(5000)})
+    with pytest.raises(InvalidResourceError) as err:
+        parse(many)
+    assert len(str(err.value)) < 1000

@@ -1,5 +1,6 @@
 """The operator through kopf's real machinery (KopfRunner) against an API server stand-in (kmock)
-over HTTP, acting as kubectl would with the `kubernetes` client."""
+over HTTP, acting as kubectl would with the `kubernetes` client. The stand-in prunes unknown
+fields as a structural schema does, so every test fails on kopf's inconsistency warning."""
 
 from __future__ import annotations
 
@@ -48,18 +49,29 @@ def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ApiServer]:
         kube.api_client.cache_clear()
 
 
-@pytest.fixture
-def operator(api: ApiServer) -> Iterator[KopfRunner]:
+INCONSISTENT = "Merge-patching finished with inconsistencies"
+
+
+def settings_for_tests() -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     settings.scanning.disabled = True
     settings.watching.server_timeout = 1
     settings.watching.client_timeout = 2
     settings.queueing.idle_timeout = 0.5
     settings.queueing.exit_timeout = 0.5
+    return settings
+
+
+@pytest.fixture
+def operator(api: ApiServer) -> Iterator[KopfRunner]:
     with KopfRunner(
-        ["run", "--standalone", "-n", "default", "-m", "aistack.operator.main"], settings=settings, timeout=30
+        ["run", "--standalone", "-n", "default", "-m", "aistack.operator.main"],
+        settings=settings_for_tests(),
+        timeout=30,
     ) as runner:
         yield runner
+    # what a real API server would have pruned, and kopf warned about, on every reconcile
+    assert INCONSISTENT not in runner.output
 
 
 def client(api: ApiServer) -> Any:
@@ -127,6 +139,25 @@ def test_missing_agent_is_reported_then_the_task_proceeds(api: ApiServer, operat
         lambda: status_of(api, "taskorchestrations", "answer-and-summarize").get("phase") == "Submitted",
         what="Submitted",
     )
+    # what `kubectl describe tasko answer-and-summarize` shows
+    events = wait_for(
+        lambda: (
+            (e := api.events_for("answer-and-summarize"))
+            and any(r == "WorkflowCreated" for _, r, _ in e)
+            and e
+        ),
+        what="events",
+    )
+    ours = [(t, r, m) for t, r, m in events if r != "Logging"]
+    assert ours[0][:2] == ("Warning", "AgentsNotReady") and ours[0][2].startswith(
+        "OllamaAgents missing: qna-agent"
+    )
+    assert ours[0][2].endswith("; retrying every 0.5 s")
+    assert ours[-1] == ("Normal", "WorkflowCreated", "Workflow answer-and-summarize-g1 created")
+    not_ready = [m for _, r, m in ours if r == "AgentsNotReady"]
+    assert len(not_ready) == len(set(not_ready)), "one Event per change, not one per retry"
+    # kopf's own per-object log lines are Events too: a retrying handler says why
+    assert any(t == "Error" and "missing: qna-agent" in m for t, r, m in events if r == "Logging")
 
 
 def test_workflow_progress_is_mirrored_into_status(
@@ -156,9 +187,73 @@ def test_workflow_progress_is_mirrored_into_status(
     )
     assert status["progress"] == {"done": 2, "total": 3, "text": "2/3"}
     assert status["tokens"] == {"prompt": 120, "eval": 30, "total": 150}
-    assert "summarizer-agent" in status["message"] and "3 of 4 records failed" in status["message"]
+    assert status["message"] == (
+        "Workflow answer-and-summarize-g1 failed: step summarizer-agent: Error (exit code 1): "
+        "stage 'summarizer-agent': 3 of 4 records failed"
+    )
     conds = {c["type"]: c["status"] for c in status["conditions"]}
     assert conds["Failed"] == "True" and conds["Succeeded"] == "False"
+    failed = wait_for(
+        lambda: [e for e in api.events_for("answer-and-summarize") if e[1] == "Failed"], what="a Failed event"
+    )
+    assert failed == [("Warning", "Failed", status["message"])]
+
+
+def test_the_message_follows_the_phase_to_success(api: ApiServer, operator: KopfRunner) -> None:
+    for agent in AGENTS:
+        create(api, agent)
+    wait_for(
+        lambda: all(
+            status_of(api, "ollamaagents", a["metadata"]["name"]).get("phase") == "Ready" for a in AGENTS
+        ),
+        what="agents Ready",
+    )
+    create(api, TASK)
+    wait_for(
+        lambda: (
+            status_of(api, "taskorchestrations", "answer-and-summarize").get("message")
+            == "Workflow answer-and-summarize-g1 created"
+        ),
+        what="created",
+    )
+    running = {"n1": {"type": "Pod", "phase": "Succeeded", "templateName": "ingest", "displayName": "ingest"},
+               "n2": {"type": "Pod", "phase": "Running", "templateName": "shards", "displayName": "shards"}}  # fmt: skip
+    wf = ("argoproj.io", "v1alpha1", "default", "workflows", "answer-and-summarize-g1")
+    client(api).patch_namespaced_custom_object(*wf, {"status": {"phase": "Running", "nodes": running}})
+    wait_for(
+        lambda: (
+            status_of(api, "taskorchestrations", "answer-and-summarize").get("message")
+            == "Workflow answer-and-summarize-g1 running: 1/2 steps done"
+        ),
+        timeout=25,
+        what="running",
+    )
+    done = {**running, "n2": {**running["n2"], "phase": "Succeeded"},
+            "n3": {"type": "Pod", "phase": "Succeeded", "templateName": "publish", "displayName": "publish",
+                   "outputs": {"result": '{"outputs": "s3://ai-results/qa/run-1/"}'}}}  # fmt: skip
+    client(api).patch_namespaced_custom_object(*wf, {"status": {"phase": "Succeeded", "nodes": done}})
+    status = wait_for(
+        lambda: (
+            (s := status_of(api, "taskorchestrations", "answer-and-summarize")).get("phase") == "Succeeded"
+            and s
+        ),
+        timeout=25,
+        what="Succeeded",
+    )
+    assert (
+        status["message"]
+        == "Workflow answer-and-summarize-g1 succeeded; outputs at s3://ai-results/qa/run-1/"
+    )
+    assert status["outputs"] == "s3://ai-results/qa/run-1/"
+    reasons = wait_for(
+        lambda: (
+            (r := [e[1] for e in api.events_for("answer-and-summarize") if e[1] != "Logging"])
+            and "Succeeded" in r
+            and r
+        ),
+        what="the Succeeded event",
+    )
+    assert reasons == ["WorkflowCreated", "Running", "Succeeded"]
 
 
 def test_service_agent_gets_deployment_and_service(api: ApiServer, operator: KopfRunner) -> None:
@@ -210,12 +305,10 @@ def test_restart_after_create_before_status_adopts_the_workflow(api: ApiServer, 
         name=workflow_name("answer-and-summarize", 1),
     ).to_dict()  # type: ignore[arg-type]
     client(api).create_namespaced_custom_object("argoproj.io", "v1alpha1", "default", "workflows", body)
-    settings = kopf.OperatorSettings()
-    settings.scanning.disabled = True
-    settings.watching.server_timeout = 1
-    settings.queueing.idle_timeout = settings.queueing.exit_timeout = 0.5
     with KopfRunner(
-        ["run", "--standalone", "-n", "default", "-m", "aistack.operator.main"], settings=settings, timeout=30
+        ["run", "--standalone", "-n", "default", "-m", "aistack.operator.main"],
+        settings=settings_for_tests(),
+        timeout=30,
     ) as runner:
         status = wait_for(
             lambda: (
@@ -223,10 +316,10 @@ def test_restart_after_create_before_status_adopts_the_workflow(api: ApiServer, 
             ),
             what="status",
         )
-    assert len(api.objects("workflows")) == 1
+    assert len(api.objects("workflows")) == 1 and INCONSISTENT not in runner.output
     submitted = next(c for c in status["conditions"] if c["type"] == "Submitted")
     assert submitted["reason"] == "WorkflowAdopted" and task["metadata"]["uid"]
-    assert "adopted existing Workflow answer-and-summarize-g1" in runner.output
+    assert "WorkflowAdopted: Workflow answer-and-summarize-g1 adopted" in runner.output
 
 
 def test_deleting_a_task_is_not_blocked(api: ApiServer, operator: KopfRunner) -> None:
@@ -263,3 +356,44 @@ def test_an_invalid_task_fails_with_every_problem_named(api: ApiServer, operator
     assert "spec.parallelism" in status["message"] and "spec.outputTarget" in status["message"]
     assert {"type": "Valid", "status": "False"}.items() <= status["conditions"][0].items()
     assert api.objects("workflows") == []
+
+
+def test_the_stand_in_prunes_like_a_structural_schema(api: ApiServer, tmp_path: Path) -> None:
+    """Unknown status fields vanish on write, as on a real API server; and kopf, storing a
+    handler's return value in status, then warns: the guard in the `operator` fixture can fail."""
+    created = create(api, AGENTS[0])
+    name = created["metadata"]["name"]
+    client(api).patch_namespaced_custom_object_status(
+        "ai.stack", "v1alpha1", "default", "ollamaagents", name,
+        {"status": {"phase": "Ready", "reconcile_agent": {"done": True}}},
+    )  # fmt: skip
+    assert status_of(api, "ollamaagents", name) == {"phase": "Ready"}
+    returns = tmp_path / "returns_a_value.py"
+    returns.write_text(
+        "import kopf\n\n\n"
+        "@kopf.on.login()\n"
+        "def login(**kwargs):\n"
+        "    return kopf.login_via_client(**kwargs)\n\n\n"
+        "@kopf.on.create('ai.stack', 'v1alpha1', 'ollamaagents')\n"
+        "def remember(**_):\n"
+        "    return {'stored': 'in status'}\n"
+    )
+    from kopf._core.intents import registries
+
+    default = registries.get_default_registry()
+    try:
+        with KopfRunner(
+            ["run", "--standalone", "-n", "default", str(returns)],
+            registry=kopf.OperatorRegistry(),
+            settings=settings_for_tests(),
+            timeout=30,
+        ) as runner:
+            assert api.emulator is not None
+            wait_for(
+                lambda: any("remember" in str(body) for _, _, body in api.emulator.writes),
+                what="the handler's return value sent",
+            )
+            time.sleep(1)  # kopf compares what came back with what it sent
+    finally:
+        registries.set_default_registry(default)
+    assert f"{INCONSISTENT}: (('remove', ('status', 'remember')" in runner.output

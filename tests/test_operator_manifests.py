@@ -89,16 +89,46 @@ def test_code_calls_are_declared_and_granted() -> None:
     assert derived <= granted(), f"RBAC misses {sorted(derived - granted())}"
 
 
+def owners_in_code() -> set[str]:
+    """Plurals of the resources whose handlers call kopf.adopt (their children get ownerReferences
+    with blockOwnerDeletion), from operator/handlers.py's AST."""
+    tree = ast.parse((ROOT / "operator" / "handlers.py").read_text())
+    owners: set[str] = set()
+    for func in [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]:
+        adopts = any(
+            isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "adopt"
+            for n in ast.walk(func)
+        )
+        if adopts:
+            for deco in func.decorator_list:
+                if isinstance(deco, ast.Call):
+                    owners |= {
+                        a.value for a in deco.args if isinstance(a, ast.Constant) and isinstance(a.value, str)
+                    }
+    return owners
+
+
+def test_owners_finalizers_are_granted_for_block_owner_deletion() -> None:
+    """OwnerReferencesPermissionEnforcement: blockOwnerDeletion needs update on <owner>/finalizers."""
+    owners = owners_in_code()
+    assert owners == {"taskorchestrations", "ollamaagents"}
+    needed = {("ai.stack", f"{plural}/finalizers", "update") for plural in owners}
+    assert needed == kube.OWNER_FINALIZERS
+    assert needed <= granted(), f"RBAC misses {sorted(needed - granted())}"
+
+
 def test_rbac_grants_nothing_beyond_the_code_and_kopf() -> None:
     kopf_needs = {
         ("apiextensions.k8s.io", "customresourcedefinitions", "list"), ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
         ("", "namespaces", "list"), ("", "namespaces", "watch"), ("", "events", "create"), ("events.k8s.io", "events", "create"),
     } | {("ai.stack", r, v) for r in ("taskorchestrations", "ollamaagents") for v in ("get", "list", "watch", "patch")} \
       | {("ai.stack", f"{r}/status", v) for r in ("taskorchestrations", "ollamaagents") for v in ("get", "patch")}  # fmt: skip
-    extra = granted() - kube.CALLS - kopf_needs
+    extra = granted() - kube.CALLS - kube.OWNER_FINALIZERS - kopf_needs
     assert not extra, f"RBAC grants more than the code needs: {sorted(extra)}"
     assert not any(
-        v in {"*", "delete", "deletecollection", "update", "escalate", "bind"} for _, _, v in granted()
+        v in {"*", "delete", "deletecollection", "escalate", "bind"}
+        or (v == "update" and not r.endswith("/finalizers"))
+        for _, r, v in granted()
     )
 
 
@@ -128,3 +158,18 @@ def test_service_workloads_for_an_agent() -> None:
         dep["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
         == "summarizer-agent-models"
     )
+
+
+def test_derived_workflow_names_fit_argo_and_stay_unique() -> None:
+    from aistack.crds.models import DNS1123_LABEL
+    from aistack.operator.handlers import workflow_name
+
+    assert workflow_name("qna", 3) == "qna-g3"
+    longest = "t" * 63  # the longest name the CRD admits
+    for kind, limit in (("Workflow", 63), ("CronWorkflow", 52)):
+        a, b = workflow_name(longest, 12, kind), workflow_name("t" * 62 + "u", 12, kind)
+        assert len(a) <= limit and len(b) <= limit and a != b, (a, b)
+        assert a == workflow_name(longest, 12, kind), (
+            "deterministic: a restarted operator adopts, never duplicates"
+        )
+        assert a.endswith("-g12") and re.fullmatch(DNS1123_LABEL, a)

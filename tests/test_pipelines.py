@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 import yaml
+from argo_schema import argo_validate
 from conftest import ROOT
 from typer.testing import CliRunner
 
@@ -20,17 +20,7 @@ from aistack.pipelines.compile import GPU_RESOURCE, compile_task
 from aistack.pipelines.examples import example_tasks, regenerate_argo
 from aistack.pipelines.local import load_task, run_task
 
-ARGO_SCHEMA = json.loads((ROOT.parent / "shared" / "schemas" / "argo" / "schema.json").read_text())
 QA = ROOT / "examples" / "question-answering" / "task.yaml"
-
-
-def argo_validate(obj: dict[str, Any]) -> None:
-    kind = obj["kind"]
-    schema = {
-        "$ref": f"#/definitions/io.argoproj.workflow.v1alpha1.{kind}",
-        "definitions": ARGO_SCHEMA["definitions"],
-    }
-    jsonschema.Draft7Validator(schema).validate(obj)
 
 
 def seed_task_and_agents() -> tuple[Any, dict[str, Any]]:

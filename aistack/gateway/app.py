@@ -35,6 +35,7 @@ from aistack.gateway.agents import (
     resolve_bare,
 )
 from aistack.gateway.auth import Access, Authenticator, AuthError, Caller, bearer
+from aistack.gateway.docs import serve_docs
 from aistack.gateway.limits import ClientLimiter, LimitsMiddleware
 from aistack.gateway.routing import OPEN, Guard, GuardedRoute, caller_of, guarded
 from aistack.gateway.tasks import GatewayError, TaskBackend, validated
@@ -161,8 +162,11 @@ def create_app(
         description="Submit TaskOrchestrations and follow them; call agents synchronously.",
         lifespan=lifespan,
         responses=ERRORS,
+        docs_url=None,  # served from the package by serve_docs: no CDN
+        redoc_url=None,
     )
     app.router.route_class = GuardedRoute  # every route below runs its guard before reading the request
+    serve_docs(app)
     app.add_middleware(
         LimitsMiddleware,
         max_body_bytes=max_body_bytes,
