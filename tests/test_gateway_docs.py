@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.testclient import TestClient
 from test_gateway import Served, make_app, model_server  # noqa: F401  (a fixture)
 
+from aistack.gateway.routing import OPEN, guarded
 from aistack.steps.model_server import EmbeddedModelServer
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -67,6 +68,7 @@ def dump_dom(url: str, profile: Path) -> str:
 )
 def test_a_real_browser_renders_the_operations_with_the_network_blocked(app: FastAPI, tmp_path: Path) -> None:
     @app.get("/cdn-docs", include_in_schema=False)
+    @guarded(OPEN)
     async def cdn_docs() -> HTMLResponse:  # FastAPI's default page: assets from a CDN
         return get_swagger_ui_html(openapi_url="/openapi.json", title="cdn")
 
