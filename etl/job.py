@@ -15,6 +15,7 @@ from aistack.etl.loaders import (
     LoaderOptions,
     Record,
     Rejection,
+    Skipped,
     SourceFile,
     list_sources,
     load,
@@ -41,6 +42,7 @@ class EtlSummary:
     bytes_in: int = 0
     seconds: float = 0.0
     rejected: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)  # lines holding no record (blank lines)
 
     @property
     def rejected_total(self) -> int:
@@ -58,6 +60,7 @@ class EtlSummary:
             "tokens": self.tokens,
             "bytes_in": self.bytes_in,
             "rejected": dict(sorted(self.rejected.items())),
+            "skipped": dict(sorted(self.skipped.items())),
             "seconds": round(self.seconds, 3),
         }
 
@@ -115,7 +118,7 @@ def run_etl(
     """Load, clean and chunk everything under `source`; publish the tables at `out`."""
     options = options or EtlOptions()
     started = time.perf_counter()
-    sources = list_sources(source)
+    sources = list_sources(source, options.loader.confine_to)
     if on_start:
         on_start(sum(s.obj.size for s in sources))
     dataset = DatasetWriter(out)
@@ -133,6 +136,9 @@ def run_etl(
 
     def cleaned(records: Iterator[Record]) -> Iterator[tuple[LoadedDocument, str]]:
         for record in records:
+            if isinstance(record, Skipped):
+                summary.skipped[record.reason] += 1
+                continue
             summary.records_in += 1
             summary.bytes_in += record.bytes
             if isinstance(record, Rejection):

@@ -113,6 +113,8 @@ class DatasetWriter:
     def __post_init__(self) -> None:
         self.storage = open_storage(self.uri)
         self.tables: dict[str, TableWriter] = {}
+        # temporary files of a writer that was killed are never renamed into place: sweep them
+        self.swept = self.storage.sweep_temp_files()
 
     def table(self, name: str, schema: pa.Schema) -> TableWriter:
         self.tables[name] = TableWriter(self.storage, name, schema, self.run_id)

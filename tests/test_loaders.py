@@ -52,7 +52,7 @@ def test_formats_and_rejections(tmp_path: Path) -> None:
     reasons = {k: r.reason for k, r in docs.items() if isinstance(r, Rejection)}
     assert reasons == {
         "bin.txt": "binary",
-        "latin1.txt": "undecodable",
+        "latin1.txt": "not_utf8",
         "image.png": "unsupported_format",
         "big.txt": "too_large",
         "c.jsonl#line=2": "invalid_json",
