@@ -285,6 +285,7 @@ class Chunker:
         # boundary indices at or above each preferred level, for O(log n) look-ups
         by_level = {lv: np.flatnonzero(doc.levels >= lv).tolist() for lv in (PARAGRAPH, LINE, SENTENCE)}
         last = len(positions) - 1
+        fewest = self._fewest_chunks_from(cum, by_level[SENTENCE])
         half = (opts.max_tokens + 1) // 2
         chunks: list[Chunk] = []
         start_pos, start_idx = 0, 0
@@ -298,14 +299,8 @@ class Chunker:
             far = bisect_right(cum, cum_start + opts.max_tokens) - 1
             if far >= lo:
                 end_idx = far
-                if levels[far] != _EDGE:  # prefer the highest level that fills half the budget
-                    filled = max(lo, bisect_left(cum, cum_start + half))
-                    for level in (PARAGRAPH, LINE, SENTENCE):
-                        idx = by_level[level]
-                        j = bisect_right(idx, far) - 1
-                        if j >= 0 and idx[j] >= filled:
-                            end_idx = idx[j]
-                            break
+                if levels[far] != _EDGE:
+                    end_idx = self._best_end(cum, by_level, fewest, lo, far, cum_start + half)
                 end_pos = positions[end_idx]
                 exact = safe_start and self.additive
                 count = cum[end_idx] - cum_start if exact else self.count(text[start_pos:end_pos])
@@ -329,6 +324,50 @@ class Chunker:
             start_idx = at if safe_start else 0
             min_end = bisect_right(positions, start_pos)
         return chunks
+
+    @staticmethod
+    def _best_end(
+        cum: list[int], by_level: dict[int, list[int]], fewest: list[int], lo: int, far: int, half: int
+    ) -> int:
+        """Where a chunk that may end anywhere in [lo, far] ends.
+
+        Any end in [window, far] leaves the rest coverable in as few chunks as ending at `far`
+        does. There, the highest level wins (paragraph, line, sentence), the farthest of it;
+        ends that fill at least half the budget first, so chunks stay even.
+        """
+        window = max(lo, fewest[bisect_right(fewest, far) - 1])
+        for floor in (max(window, bisect_left(cum, half)), window):
+            for level in (PARAGRAPH, LINE, SENTENCE):
+                idx = by_level[level]
+                j = bisect_right(idx, far) - 1
+                if j >= 0 and idx[j] >= floor:
+                    return idx[j]
+        return far
+
+    def _fewest_chunks_from(self, cum: list[int], ends: list[int]) -> list[int]:
+        """Boundary indices s_J < ... < s_1 < s_0 = last: from any position at or after s_j the
+        rest of the document fits in j chunks that end at `ends` (sentence or higher level).
+
+        Built back to front, one bisection per chunk: this is the fewest chunks that never cut
+        inside a sentence (chonkie's RecursiveChunker makes the same promise), with the budget
+        less the overlap, which is what each chunk adds. A sentence wider than the budget is
+        crossed at the earliest word (or token) boundary within reach.
+        """
+        step = self.options.max_tokens - self.options.overlap_tokens
+        at = [cum[i] for i in ends]
+        s = ends[-1]
+        starts = [s]
+        while s > 0:
+            target = cum[s] - step
+            j = bisect_left(at, target)
+            if ends[j] < s:  # the earliest sentence (or higher) end within reach
+                s = ends[j]
+            else:  # a sentence wider than the budget: crossed at a word (or token) boundary
+                k = bisect_left(cum, target, 0, s)
+                s = k if k < s else s - 1
+            starts.append(s)
+        starts.reverse()
+        return starts
 
     def _overlap_start(self, cum: list[int], end_idx: int, start_idx: int) -> int:
         """Earliest boundary after the chunk start whose suffix fits the overlap budget.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from aistack.etl.chunking import Chunker, ChunkingOptions
@@ -137,3 +137,37 @@ def test_guarantees_hold_across_blocks(text: str, opts: ChunkingOptions) -> None
         _check(text, opts)
     finally:
         chunking.BLOCK_CHARS = saved
+
+
+_sentences = st.lists(
+    st.tuples(
+        st.lists(
+            st.sampled_from(["word", "Token", "ünï", "日本語", "42", "a", "x" * 12]), min_size=1, max_size=12
+        ),
+        st.sampled_from([". ", "! ", "? ", ".\n", ".\n\n", "\n", "\n\n"]),
+    ),
+    min_size=1,
+    max_size=40,
+).map(lambda ss: "".join(" ".join(words) + end for words, end in ss).strip())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=_sentences, max_tokens=st.integers(24, 80))
+def test_packs_into_the_fewest_chunks_that_never_cut_a_sentence(text: str, max_tokens: int) -> None:
+    """Overlap 0: as few chunks as any split at sentence-or-higher boundaries can make (checked by
+    a brute-force DP over those boundaries), so no recursive splitter can make fewer."""
+    from aistack.etl.chunking import SENTENCE, _Document, _token_byte_lengths
+
+    chunker = Chunker(ChunkingOptions(max_tokens, 0), threads=1)
+    doc = _Document(text, chunker._encode(text), _token_byte_lengths("cl100k_base"))
+    ends = [int(p) for p, lv in zip(doc.positions, doc.levels, strict=True) if lv >= SENTENCE]
+    widest = max(len(ENC.encode_ordinary(text[a:b])) for a, b in itertools.pairwise(ends))
+    assume(widest <= max_tokens)  # a wider sentence may be cut at words: the DP does not apply
+    fewest = [0] + [len(ends)] * (len(ends) - 1)
+    for b in range(1, len(ends)):
+        for a in range(b):
+            if len(ENC.encode_ordinary(text[ends[a] : ends[b]])) <= max_tokens:
+                fewest[b] = min(fewest[b], fewest[a] + 1)
+    chunks = chunker.chunk(text)
+    assert len(chunks) == fewest[-1]
+    assert all(c.end in ends for c in chunks), "every cut at a sentence, line or paragraph end"
