@@ -156,10 +156,10 @@ _sentences = st.lists(
 def test_packs_into_the_fewest_chunks_that_never_cut_a_sentence(text: str, max_tokens: int) -> None:
     """Overlap 0: as few chunks as any split at sentence-or-higher boundaries can make (checked by
     a brute-force DP over those boundaries), so no recursive splitter can make fewer."""
-    from aistack.etl.chunking import SENTENCE, _Document, _token_byte_lengths
+    from aistack.etl.boundaries import SENTENCE, TokenBytes, TokenizedDocument
 
     chunker = Chunker(ChunkingOptions(max_tokens, 0), threads=1)
-    doc = _Document(text, chunker._encode(text), _token_byte_lengths("cl100k_base"))
+    doc = TokenizedDocument(text, chunker._encode(text), TokenBytes(ENC))
     ends = [int(p) for p, lv in zip(doc.positions, doc.levels, strict=True) if lv >= SENTENCE]
     widest = max(len(ENC.encode_ordinary(text[a:b])) for a, b in itertools.pairwise(ends))
     assume(widest <= max_tokens)  # a wider sentence may be cut at words: the DP does not apply
@@ -171,3 +171,29 @@ def test_packs_into_the_fewest_chunks_that_never_cut_a_sentence(text: str, max_t
     chunks = chunker.chunk(text)
     assert len(chunks) == fewest[-1]
     assert all(c.end in ends for c in chunks), "every cut at a sentence, line or paragraph end"
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=texts)
+def test_token_level_boundaries_equal_the_character_level_ones(text: str) -> None:
+    """Where every token holds whole characters, boundaries are computed per token: the very
+    positions, levels and token counts the character-level rules give."""
+    from aistack.etl.boundaries import TokenBytes, TokenizedDocument
+    from aistack.etl.token_boundaries import TokenFacts, token_level
+
+    assume(text)  # the chunker never builds an empty document
+    tokens = ENC.encode_to_numpy(text, disallowed_special=())
+    found = token_level(tokens, TokenFacts(ENC))
+    by_chars = TokenizedDocument(text, tokens, TokenBytes(ENC))
+    if found is None:
+        assert any(
+            b"".join([ENC.decode_single_token_bytes(t)]).decode("utf-8", "replace")
+            != ENC.decode_single_token_bytes(t).decode("utf-8", "ignore")
+            for t in tokens.tolist()
+        )
+        return
+    positions, levels, cum, char_ends = found
+    assert positions.tolist() == by_chars.positions.tolist()
+    assert levels.tolist() == by_chars.levels.tolist()
+    assert cum.tolist() == by_chars.cum.tolist()
+    assert (len(char_ends) and int(char_ends[-1])) == len(text)
