@@ -10,11 +10,12 @@ INFRA_VENV ?= .venv-infra
 
 setup: $(VENV)/.installed
 
-# uv (from PyPI) installs the locked set in seconds; the project itself goes in editable.
+# uv (from PyPI) installs the locked set in seconds, byte-compiled as pip would (commands start
+# faster: nothing is compiled at run time); the project itself goes in editable.
 $(VENV)/.installed: pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv>=0.4,<1"
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -r requirements-dev.lock
+	$(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode -r requirements-dev.lock
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e .
 	touch $@
 

@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 
-from aistack import __version__
 from aistack.console import console, fail, out, state
 from aistack.etl_command import etl_command
 from aistack.gateway.command import gateway_command
@@ -25,6 +24,8 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
+        from aistack import __version__
+
         out.print(f"aistack {__version__}")
         raise typer.Exit()
 
