@@ -68,7 +68,6 @@ class EtlSummary:
 ProgressFn = Callable[[int], None]  # called with bytes of input consumed
 
 
-_ONE_DOCUMENT = frozenset({"text", "markdown", "html"})  # formats where a file is one record
 Job = tuple[SourceFile | Record, int]  # a file to load whole, or a record of a tabular file; progress bytes
 
 
