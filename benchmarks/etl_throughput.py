@@ -46,6 +46,10 @@ from aistack.etl.schemas import CHUNKS, DOCUMENTS
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = ROOT / "datasets" / "python-docs"
 MAX_TOKENS, OVERLAP = 512, 64
+FLOOR = (
+    "import aistack.cli, typer._adapters, numpy, pyarrow.parquet\n"
+    "from aistack.etl.encodings import load_encoding\nload_encoding()"
+)
 RAW = """
 import sys
 from pathlib import Path
