@@ -109,19 +109,34 @@ class TokenizedDocument:
     """
 
     def __init__(
-        self, text: str, tokens: np.ndarray, token_bytes: TokenBytes, facts: TokenFacts | None = None
+        self,
+        text: str,
+        tokens: np.ndarray,
+        token_bytes: TokenBytes,
+        facts: TokenFacts | None = None,
+        found: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.text = text
         self.total_tokens = len(tokens)
         self._char_ends: np.ndarray | None = None
-        if facts is not None:
+        if found is None and facts is not None:
             from aistack.etl.token_boundaries import token_level
 
             found = token_level(tokens, facts)
-            if found is not None:
-                self.positions, self.levels, self.cum, self._char_ends = found
-                return
+        if found is not None:
+            self.positions, self.levels, self.cum, self._char_ends = found
+            return
         self._by_characters(text, tokens, token_bytes)
+
+    @classmethod
+    def many(
+        cls, texts: list[str], tokens: list[np.ndarray], token_bytes: TokenBytes, facts: TokenFacts
+    ) -> list[TokenizedDocument]:
+        """Several documents, their token-level boundaries found in one pass."""
+        from aistack.etl.token_boundaries import token_level_many
+
+        found = token_level_many(tokens, facts)
+        return [cls(t, k, token_bytes, None, f) for t, k, f in zip(texts, tokens, found, strict=True)]
 
     def _by_characters(self, text: str, tokens: np.ndarray, token_bytes: TokenBytes) -> None:
         n = len(text)

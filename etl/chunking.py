@@ -137,17 +137,21 @@ class Chunker:
         prepare: Callable[[J], list[tuple[T, str | None]]],
         size_of: Callable[[J], int],
         window_bytes: int = 4 << 20,
+        batch_bytes: int = 1 << 16,
     ) -> Iterator[tuple[T, list[Chunk] | None]]:
         """Prepare and chunk jobs on the pool, in order, up to `window_bytes` (by `size_of`) in flight.
 
         `prepare(job)` runs in a worker (loading, cleaning: whatever makes the text) and returns
         items with their text, or None for an item with nothing to chunk (it comes back with None).
-        The worker chunks the first block of each text itself and puts a long text's other
-        blocks on the pool, so one document's blocks run in parallel and the caller's work on
-        finished documents (writing Parquet) overlaps everything else.
+        Consecutive small jobs go to a worker together (up to `batch_bytes`): their boundaries
+        are found in one pass. A long text's blocks after the first go back on the pool, so one
+        document's blocks run in parallel; the caller's work on finished documents (writing
+        Parquet) overlaps everything else.
         """
         pending: deque[tuple[int, Future[list[tuple[T, list[_Part] | None]]]]] = deque()
         in_flight = 0
+        batch: list[J] = []
+        batch_size = 0
 
         def finish() -> Iterator[tuple[T, list[Chunk] | None]]:
             nonlocal in_flight
@@ -156,28 +160,50 @@ class Chunker:
             for item, parts in future.result():
                 yield item, None if parts is None else self._join((start, _result(p)) for start, p in parts)
 
+        def submit() -> None:
+            nonlocal batch, batch_size, in_flight
+            pending.append((batch_size, self._pool.submit(self._prepare_and_chunk, prepare, batch)))
+            in_flight += batch_size
+            batch, batch_size = [], 0
+
         for job in jobs:
-            size = size_of(job)
-            pending.append((size, self._pool.submit(self._prepare_and_chunk, prepare, job)))
-            in_flight += size
+            batch.append(job)
+            batch_size += size_of(job)
+            if batch_size >= batch_bytes or len(batch) >= 256:
+                submit()
             while pending and (in_flight >= window_bytes or pending[0][1].done()):
                 yield from finish()
+        if batch:
+            submit()
         while pending:
             yield from finish()
 
     def _prepare_and_chunk(
-        self, prepare: Callable[[J], list[tuple[T, str | None]]], job: J
+        self, prepare: Callable[[J], list[tuple[T, str | None]]], jobs: list[J]
     ) -> list[tuple[T, list[_Part] | None]]:
         done: list[tuple[T, list[_Part] | None]] = []
-        for item, text in prepare(job):
-            if text is None:
-                done.append((item, None))
-                continue
-            spans = list(blocks(text, BLOCK_CHARS))
-            later = [(a, self._pool.submit(self._chunk_block, text, a, b)) for a, b in spans[1:]]
-            first = (spans[0][0], self._chunk_block(text, *spans[0])) if spans else None
-            done.append((item, ([first] if first else []) + later))
+        small: list[tuple[int, str]] = []  # (index in done, text) of texts that are one block
+        for job in jobs:
+            for item, text in prepare(job):
+                if text is None:
+                    done.append((item, None))
+                elif len(text) <= BLOCK_CHARS:
+                    small.append((len(done), text))
+                    done.append((item, None))
+                else:
+                    spans = list(blocks(text, BLOCK_CHARS))
+                    later = [(a, self._pool.submit(self._chunk_block, text, a, b)) for a, b in spans[1:]]
+                    first = (spans[0][0], self._chunk_block(text, *spans[0]))
+                    done.append((item, [first, *later]))
+        for (at, _), chunks in zip(small, self._chunk_texts([t for _, t in small]), strict=True):
+            done[at] = (done[at][0], [(0, chunks)])
         return done
+
+    def _chunk_texts(self, texts: list[str]) -> list[list[Chunk]]:
+        """Chunk texts of at most one block each, their boundaries found together."""
+        tokens = [self._encode(t) for t in texts]
+        docs = TokenizedDocument.many(texts, tokens, self._token_bytes, self._facts)
+        return [self._pack(d) for d in docs]
 
     def _pack(self, doc: TokenizedDocument) -> list[Chunk]:
         opts = self.options

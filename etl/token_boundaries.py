@@ -11,6 +11,7 @@ appears. A document with a split character is left to the character-level comput
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import tiktoken
@@ -42,13 +43,16 @@ class TokenFacts:
     def __init__(self, encoding: tiktoken.Encoding) -> None:
         self.encoding = encoding
         self.bits = np.full(encoding.n_vocab, _UNSEEN, dtype=np.uint16)
-        self.chars = np.zeros(encoding.n_vocab, dtype=np.int64)
-        self.trailing_lf = np.zeros(encoding.n_vocab, dtype=np.int64)
+        self.chars = np.zeros(encoding.n_vocab, dtype=np.int32)
+        self.trailing_lf = np.zeros(encoding.n_vocab, dtype=np.int32)
+        # the word rule's inputs in one byte: first char whitespace (1), newline (2); last char
+        # whitespace (4), letter or number (8)
+        self.word_code = np.zeros(encoding.n_vocab, dtype=np.uint8)
         self._lock = threading.Lock()
 
     def of(self, tokens: np.ndarray) -> np.ndarray:
         bits = self.bits[tokens]
-        if len(bits) and (bits & _UNSEEN).any():
+        if len(bits) and int(bits.max()) >= _UNSEEN:
             self._learn(np.unique(tokens[(bits & _UNSEEN) != 0]).tolist())
             bits = self.bits[tokens]
         return bits
@@ -63,8 +67,8 @@ class TokenFacts:
                 texts.append(None)
         clean = [i for i, s in enumerate(texts) if s]
         bits = np.full(len(tokens), _UNCLEAN, dtype=np.uint16)
-        chars = np.zeros(len(tokens), dtype=np.int64)
-        trailing = np.zeros(len(tokens), dtype=np.int64)
+        chars = np.zeros(len(tokens), dtype=np.int32)
+        trailing = np.zeros(len(tokens), dtype=np.int32)
         if clean:
             pieces = [texts[i] or "" for i in clean]
             lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
@@ -96,64 +100,129 @@ class TokenFacts:
             tail_start = np.where(last_solid >= starts, last_solid + 1, starts)
             bits[clean], chars[clean] = b, lengths
             trailing[clean] = lf_before[ends] - lf_before[tail_start]
+        code = (
+            ((bits & F_WS) != 0) * 1
+            + ((bits & F_NL) != 0) * 2
+            + ((bits & L_WS) != 0) * 4
+            + ((bits & L_LN) != 0) * 8
+        ).astype(np.uint8)
         with self._lock:
             self.chars[tokens] = chars
             self.trailing_lf[tokens] = trailing
+            self.word_code[tokens] = code
             self.bits[tokens] = bits  # last: a reader that sees the bits sees the rest
 
 
-def token_level(
-    tokens: np.ndarray, facts: TokenFacts
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+# word_code of the previous token << 4 | word_code of this one -> a word boundary at this one?
+# Previous last char not whitespace, this first char whitespace, unless punctuation meets a newline.
+_WORD = np.array(
+    [bool(c & 1) and not p & 4 and (bool(p & 8) or not c & 2) for p in range(16) for c in range(16)],
+    dtype=bool,
+)
+
+
+Found = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def token_level(tokens: np.ndarray, facts: TokenFacts) -> Found | None:
     """(positions, levels, tokens before each position, character end of each token), or None
     when a token splits a character (the caller computes on characters then)."""
-    bits = facts.of(tokens)
-    if (bits & _UNCLEAN).any():
-        return None
+    return token_level_many([tokens], facts)[0]
+
+
+def token_level_many(documents: list[np.ndarray], facts: TokenFacts) -> list[Found | None]:
+    """`token_level` of several documents in one pass over their concatenated tokens: numpy's
+    cost per call, not per token, is what small documents pay, so they are done together.
+    Nothing crosses a document's edge: every rule looks only at tokens of its own document."""
+    sizes = np.fromiter(map(len, documents), dtype=np.int64, count=len(documents))
+    ends = np.cumsum(sizes)
+    starts = ends - sizes
+    tokens = np.concatenate(documents) if documents else np.zeros(0, np.uint32)
     count = len(tokens)
-    char_ends = np.cumsum(facts.chars[tokens]) if count else np.zeros(0, np.int64)
-    n = int(char_ends[-1]) if count else 0
-    if count < 2:
-        positions = np.array([0, n] if n else [0], dtype=np.int64)
-        levels = np.array([EDGE, EDGE] if n else [EDGE], dtype=np.int64)
-        return positions, levels, np.array([0, count] if n else [0], dtype=np.int64), char_ends
-    prev, cur = bits[:-1], bits[1:]  # the tokens before and at each token start i = 1 .. count-1
-    level = np.full(count - 1, -1, dtype=np.int8)
-    # word/sentence: text[p-1] not whitespace, text[p] whitespace, unless punctuation meets a newline
-    word = (cur & F_WS).astype(bool)
-    word &= (prev & L_WS) == 0
-    word &= ((prev & L_LN) != 0) | ((cur & F_NL) == 0)
-    at = np.flatnonzero(word)
-    p = prev[at]
-    before2 = bits[np.maximum(at - 1, 0)]  # the token before the previous one
-    closer = ((p & L_CLOSER) != 0) & (
-        ((p & L2_ENDER) != 0) | (((p & ONE_CHAR) != 0) & ((before2 & L_ENDER) != 0) & (at >= 1))
-    )
-    level[at] = np.where(((p & L_ENDER) != 0) | closer, SENTENCE, WORD)
-    # line/paragraph: text[p-1] a newline, no newline later in its whitespace run, and a
-    # non-whitespace character ends the run
-    cand = np.flatnonzero(prev & L_NL) + 1  # token indices i
-    if len(cand):
-        blank = (bits & ALL_WS) != 0
-        solid = np.flatnonzero(~blank)  # tokens with a non-whitespace character
-        blank_nl = np.flatnonzero(blank & ((bits & HAS_NL) != 0))
-        k = np.searchsorted(solid, cand)  # the first solid token at or after i (count: none)
-        run_end = np.append(solid, count)[k]
-        next_nl = np.append(blank_nl, count)[np.searchsorted(blank_nl, cand)]
-        ok = (run_end < count) & (next_nl >= run_end)
-        ok &= (bits[np.minimum(run_end, count - 1)] & F_LEADNL) == 0
-        cand, k = cand[ok], k[ok]
-        # line feeds from the run's start: the trailing ones of the last solid token before i,
-        # then all of the blank tokens' after it
-        lf = np.where(blank, facts.trailing_lf[tokens], 0)
-        blank_lf = np.concatenate(([0], np.cumsum(lf)))
-        last_solid = np.append(-1, solid)[k]  # the last solid token before i (-1: the run starts the text)
-        feeds = np.where(last_solid >= 0, facts.trailing_lf[tokens[np.maximum(last_solid, 0)]], 0)
-        feeds += blank_lf[cand] - blank_lf[last_solid + 1]
-        level[cand - 1] = np.where(feeds >= 2, PARAGRAPH, LINE)
+    bits = facts.of(tokens)
+    char_ends = np.cumsum(facts.chars[tokens], dtype=np.int64)
+    level = np.full(max(count - 1, 0), -1, dtype=np.int8)  # at each token start i = 1 .. count-1
+    if count >= 2:
+
+        def document_of(i: np.ndarray) -> np.ndarray:  # the document holding each token index
+            return np.searchsorted(starts, i, side="right") - 1
+
+        # word/sentence, from one table look-up per token start
+        code = facts.word_code[tokens]
+        at = np.flatnonzero(_WORD[(code[:-1] << 4) | code[1:]])
+        p = bits[at]  # the token before each word boundary (index at), the boundary is at + 1
+        before2 = bits[np.maximum(at - 1, 0)]  # the token before that one, if in the same document
+        has_before2 = at > starts[document_of(at)]
+        closer = ((p & L_CLOSER) != 0) & (
+            ((p & L2_ENDER) != 0) | (((p & ONE_CHAR) != 0) & ((before2 & L_ENDER) != 0) & has_before2)
+        )
+        level[at] = np.where(((p & L_ENDER) != 0) | closer, SENTENCE, WORD)
+        _lines(tokens, bits, facts, starts, ends, document_of, level)
+        level[starts[(starts > 0) & (starts < count)] - 1] = -1  # a document's first token: its edge
     at = np.flatnonzero(level >= 0) + 1  # token indices of the boundaries, in order
-    starts = np.concatenate(([0], char_ends))
-    positions = np.concatenate(([0], starts[at], [n]))
-    levels = np.concatenate(([EDGE], level[at - 1], [EDGE]))
-    cum = np.concatenate(([0], at, [count]))
-    return positions, levels, cum, char_ends
+    char_starts = np.concatenate(([0], char_ends))
+    clean = np.ones(len(documents), dtype=bool)
+    if count:  # per document: no token that splits a character (empty ones are clean)
+        clean[sizes > 0] = np.maximum.reduceat(bits, starts[sizes > 0]) < _UNCLEAN
+    lo, hi = np.searchsorted(at, starts, side="right"), np.searchsorted(at, ends)
+    found: list[Found | None] = []
+    for k in range(len(documents)):
+        first, size = int(starts[k]), int(sizes[k])
+        if size == 0:
+            empty = np.zeros(1, dtype=np.int64)
+            found.append((empty, np.array([EDGE], dtype=np.int64), empty.copy(), np.zeros(0, np.int64)))
+            continue
+        if not clean[k]:
+            found.append(None)
+            continue
+        base = int(char_starts[first])
+        ends_k = char_ends[first : first + size] - base
+        inner = at[lo[k] : hi[k]]
+        positions = np.concatenate(([0], char_starts[inner] - base, [ends_k[-1]]))
+        levels = np.concatenate(([EDGE], level[inner - 1], [EDGE])).astype(np.int64)
+        cum = np.concatenate(([0], inner - first, [size]))
+        found.append((positions, levels, cum, ends_k))
+    return found
+
+
+def _lines(
+    tokens: np.ndarray,
+    bits: np.ndarray,
+    facts: TokenFacts,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    document_of: Callable[[np.ndarray], np.ndarray],
+    level: np.ndarray,
+) -> None:
+    """Mark line/paragraph boundaries: text[p-1] a newline, no newline later in its whitespace
+    run, and a non-whitespace character of the same document ends the run. Whitespace-only
+    ("blank") tokens are few: the runs are found among them."""
+    cand = np.flatnonzero(bits[:-1] & L_NL) + 1  # token indices i
+    if not len(cand):
+        return
+    doc = document_of(cand)
+    first, last = starts[doc], ends[doc]
+    blank = np.flatnonzero(bits & ALL_WS)
+    breaks = np.flatnonzero(np.diff(blank) != 1)
+    run_first = np.append(np.concatenate((blank[:1], blank[breaks + 1])), len(tokens))
+    run_last = np.concatenate((blank[breaks], blank[-1:]))
+    # the first non-blank token at or after i
+    r = np.searchsorted(run_last, cand)
+    in_run = run_first[r] <= cand
+    run_end = np.where(in_run, np.append(run_last, len(tokens))[r] + 1, cand)
+    # newlines in blank tokens in [i, run_end); line feeds of blank tokens before i
+    tok_blank = tokens[blank]
+    nl_before = np.concatenate(([0], np.cumsum((facts.bits[tok_blank] & HAS_NL) != 0)))
+    lf_before = np.concatenate(([0], np.cumsum(facts.trailing_lf[tok_blank], dtype=np.int64)))
+    lo, hi = np.searchsorted(blank, cand), np.searchsorted(blank, run_end)
+    ok = (run_end < last) & (nl_before[hi] == nl_before[lo])
+    ok &= (bits[np.minimum(run_end, len(tokens) - 1)] & F_LEADNL) == 0
+    # the run's start: after the last non-blank token before i in the document (none: its start)
+    q = np.searchsorted(run_last, cand - 1)
+    prev_in_run = run_first[q] <= cand - 1
+    last_solid = np.maximum(np.where(prev_in_run, run_first[q] - 1, cand - 1), first - 1)
+    solid = last_solid >= first
+    feeds = np.where(solid, facts.trailing_lf[tokens[np.maximum(last_solid, 0)]], 0).astype(np.int64)
+    feeds += lf_before[lo] - lf_before[np.searchsorted(blank, last_solid + 1)]
+    cand, feeds = cand[ok], feeds[ok]
+    level[cand - 1] = np.where(feeds >= 2, PARAGRAPH, LINE)

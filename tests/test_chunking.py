@@ -197,3 +197,18 @@ def test_token_level_boundaries_equal_the_character_level_ones(text: str) -> Non
     assert levels.tolist() == by_chars.levels.tolist()
     assert cum.tolist() == by_chars.cum.tolist()
     assert (len(char_ends) and int(char_ends[-1])) == len(text)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=st.lists(texts, max_size=6))
+def test_documents_batched_get_the_boundaries_they_get_alone(batch: list[str]) -> None:
+    """Small documents share one pass over their concatenated tokens; nothing crosses an edge."""
+    from aistack.etl.token_boundaries import TokenFacts, token_level, token_level_many
+
+    facts = TokenFacts(ENC)
+    tokens = [ENC.encode_to_numpy(t, disallowed_special=()) for t in batch]
+    together = token_level_many(tokens, facts)
+    for alone, found in zip((token_level(t, facts) for t in tokens), together, strict=True):
+        assert (alone is None) == (found is None)
+        if alone is not None and found is not None:
+            assert [a.tolist() for a in alone] == [f.tolist() for f in found]
