@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 _BOILERPLATE = (
     "script, style, noscript, template, nav, header, footer, aside, form, svg, iframe, button, "
     "[role=navigation], [role=search], [role=banner], [role=contentinfo], [aria-hidden=true], a.headerlink"
@@ -23,16 +25,21 @@ def html_to_text(html: str) -> tuple[str, str]:
     for node in tree.css(_BOILERPLATE):
         node.decompose()
     preformatted: list[str] = []
+    # each <pre> becomes a block holding only a placeholder; the nonce makes a placeholder that
+    # the page's own text could spell out impossible
+    tag = f"\x1a{secrets.token_hex(8)}:"
     for node in tree.css("pre"):
-        preformatted.append(node.text(deep=True))
-        node.replace_with(f"{_BLOCK_MARK}\x1a{len(preformatted) - 1}\x1a{_BLOCK_MARK}")
+        preformatted.append(node.text(deep=True).strip("\n"))
+        node.replace_with(f"{_BLOCK_MARK}{tag}{len(preformatted) - 1}{_BLOCK_MARK}")
     for node in tree.css(_BLOCKS):
         node.insert_before(_BLOCK_MARK)
         node.insert_after(_BLOCK_MARK)
     root = tree.body or tree.root
     text = root.text(separator="") if root else ""
-    blocks = (" ".join(block.split()) for block in text.split(_BLOCK_MARK))
-    joined = "\n\n".join(b for b in blocks if b)
-    for i, pre in enumerate(preformatted):
-        joined = joined.replace(f"\x1a{i}\x1a", pre.strip("\n"), 1)
-    return joined, title
+    blocks = []
+    for block in text.split(_BLOCK_MARK):
+        if block.startswith(tag):
+            blocks.append(preformatted[int(block[len(tag) :])])
+        elif words := " ".join(block.split()):
+            blocks.append(words)
+    return "\n\n".join(b for b in blocks if b), title
