@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import Progress, TextColumn
 from rich.text import Text
 
-from aistack import __version__
 from aistack.console import (
     OneLineErrors,
     console,
     error_line,
     fail,
     out,
-    progress_bar,
     say,
     state,
     summary_table,
 )
 from aistack.doctor_command import doctor_command
+from aistack.etl_command import etl_command
 from aistack.gateway.command import gateway_command
 from aistack.models_command import models_app
 from aistack.operator_command import operator_app
@@ -41,6 +38,8 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
+        from aistack import __version__
+
         out.print(f"aistack {__version__}")
         raise typer.Exit()
 
@@ -55,76 +54,7 @@ def main(
     state["debug"] = debug
 
 
-def _bounded_malloc() -> None:
-    """Fix glibc's mmap threshold so large freed buffers go back to the OS.
-
-    glibc raises the threshold after freeing a big block; later big strings then come from
-    the heap and stay resident. Long ETL runs over large documents would grow for nothing.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if sys.platform.startswith("linux") and name:
-        with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
-            ctypes.CDLL(name).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB
-
-
-@app.command()
-def etl(
-    source: Annotated[str, typer.Argument(help="File, directory, glob, file:// or s3:// URI of the corpus.")],
-    out_uri: Annotated[
-        str, typer.Option("--out", help="Where to publish the tables: a path, file:// or s3://.")
-    ],
-    chunk_tokens: Annotated[int, typer.Option("--chunk-tokens", help="Max tokens per chunk.")] = 512,
-    overlap: Annotated[int, typer.Option("--overlap", help="Overlap between chunks, in tokens.")] = 64,
-    encoding: Annotated[str, typer.Option("--encoding", help="tiktoken encoding.")] = "cl100k_base",
-    text_field: Annotated[
-        str, typer.Option("--text-field", help="Text field of jsonl/csv/parquet.")
-    ] = "text",
-    max_document_mb: Annotated[
-        float, typer.Option("--max-document-mb", help="Larger documents are rejected.")
-    ] = 16,
-) -> None:
-    """Load, clean and chunk a corpus into documents/chunks/rejected Parquet tables."""
-    from aistack.etl.chunking import ChunkingOptions
-    from aistack.etl.job import EtlOptions, run_etl
-    from aistack.etl.loaders import LoaderOptions
-
-    _bounded_malloc()
-    try:
-        options = EtlOptions(
-            chunking=ChunkingOptions(chunk_tokens, overlap, encoding),
-            loader=LoaderOptions(
-                text_field=text_field, max_document_bytes=int(max_document_mb * 1024 * 1024)
-            ),
-        )
-        with progress_bar() as bar:
-            task = bar.add_task("etl", total=None)
-            summary = run_etl(
-                source,
-                out_uri,
-                options,
-                progress=lambda n: bar.advance(task, n),
-                on_start=lambda total: bar.update(task, total=total),
-            )
-    except Exception as exc:
-        fail(exc)
-        return
-    table = summary_table("ETL summary")
-    table.add_row("records in", f"{summary.records_in:,}")
-    table.add_row("documents", f"{summary.documents:,}")
-    table.add_row("chunks", f"{summary.chunks:,}")
-    table.add_row("tokens", f"{summary.tokens:,}")
-    rejected = ", ".join(f"{k}={v}" for k, v in sorted(summary.rejected.items())) or "none"
-    table.add_row("rejected", f"{summary.rejected_total:,} ({rejected})")
-    table.add_row(
-        "in = out + rejected", f"{summary.records_in} = {summary.documents} + {summary.rejected_total}"
-    )
-    table.add_row("throughput", f"{summary.mb_per_second:.1f} MB/s ({summary.seconds:.2f} s)")
-    out.print(table)
-    say(f"output: {summary.output}", stderr=False)  # outside the table: a table would cut it with "…"
-
+app.command("etl")(etl_command)
 
 crds_app = typer.Typer(help="The OllamaAgent and TaskOrchestration CRDs.", no_args_is_help=True)
 app.add_typer(crds_app, name="crds")
@@ -220,7 +150,7 @@ def run_command(
         task, agent_objs = load_task(task_file, agents)
         if task.spec.input is not None:
             check_own_input(task.spec.input.model_dump(by_alias=True, exclude_none=True), DATASETS_DIR)
-        from rich.progress import SpinnerColumn, TimeElapsedColumn
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         steps = Progress(
             SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(), console=console

@@ -9,23 +9,18 @@ from __future__ import annotations
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
 from aistack.messages import describe, one_line
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+    from rich.table import Table
 
 console = Console(stderr=True, markup=False)
 out = Console(markup=False)
@@ -42,6 +37,15 @@ def say(text: str | Text, stderr: bool = True) -> None:
 
 
 def progress_bar() -> Progress:
+    from rich.progress import (  # only commands that show progress pay for it
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -55,6 +59,8 @@ def progress_bar() -> Progress:
 
 def summary_table(title: str) -> Table:
     """Two columns, name and value; a value too wide for the terminal is folded, never cut with "…"."""
+    from rich.table import Table
+
     table = Table(title=title, show_header=False)
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")

@@ -15,6 +15,7 @@ from aistack.etl.loaders import (
     LoaderOptions,
     Record,
     Rejection,
+    Skipped,
     SourceFile,
     list_sources,
     load,
@@ -41,6 +42,7 @@ class EtlSummary:
     bytes_in: int = 0
     seconds: float = 0.0
     rejected: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)  # lines holding no record (blank lines)
 
     @property
     def rejected_total(self) -> int:
@@ -58,6 +60,7 @@ class EtlSummary:
             "tokens": self.tokens,
             "bytes_in": self.bytes_in,
             "rejected": dict(sorted(self.rejected.items())),
+            "skipped": dict(sorted(self.skipped.items())),
             "seconds": round(self.seconds, 3),
         }
 
@@ -65,13 +68,50 @@ class EtlSummary:
 ProgressFn = Callable[[int], None]  # called with bytes of input consumed
 
 
-def _records(
-    sources: list[SourceFile], options: LoaderOptions, progress: ProgressFn | None
-) -> Iterator[Record]:
+Job = tuple[SourceFile | Record, int]  # a file to load whole, or a record of a tabular file; progress bytes
+
+
+def _jobs(sources: list[SourceFile], options: LoaderOptions) -> Iterator[Job]:
+    """Whole files go to the workers to be read; tabular files are parsed here, record by record."""
     for source in sources:
-        yield from load(source, options)
-        if progress:
-            progress(source.obj.size)
+        if source.obj.problem is not None or source.format not in ("jsonl", "csv", "parquet"):
+            yield source, source.obj.size
+            continue
+        previous: Record | None = None
+        for record in load(source, options):
+            if previous is not None:
+                yield previous, 0
+            previous = record
+        if previous is not None:
+            yield previous, source.obj.size
+        # (an empty tabular file yields nothing: its header-only content holds no record)
+
+
+def _prepare(
+    job: Job, options: LoaderOptions
+) -> list[tuple[Record | tuple[LoadedDocument, str], str | None]]:
+    """In a worker: load (whole files), check the size, clean. Cleaned documents come with their text."""
+    what = job[0]
+    records = list(load(what, options)) if isinstance(what, SourceFile) else [what]
+    out: list[tuple[Record | tuple[LoadedDocument, str], str | None]] = []
+    max_bytes = options.max_document_bytes
+    for record in records:
+        if not isinstance(record, LoadedDocument):
+            out.append((record, None))
+        elif record.bytes > max_bytes:
+            message = f"{record.bytes} bytes exceeds max_document_bytes={max_bytes}"
+            out.append((Rejection(record.source, "load", "too_large", message, record.bytes), None))
+        elif text := clean_text(record.text):
+            record.text = ""  # only the cleaned text is kept from here on: memory stays flat
+            out.append(((record, text), text))
+        else:
+            out.append(
+                (
+                    Rejection(record.source, "clean", "empty", "no text left after cleaning", record.bytes),
+                    None,
+                )
+            )
+    return out
 
 
 def write_document(
@@ -88,21 +128,34 @@ def write_document(
     documents.append(
         {"doc_id": did, "source": doc.source, "text": text, "bytes": doc.bytes, "metadata": meta}, len(text)
     )
-    tokens = 0
-    for c in doc_chunks:
-        row = {
-            "chunk_id": chunk_id(did, c.start, c.end),
-            "doc_id": did,
-            "index": c.index,
-            "text": c.text,
-            "token_count": c.token_count,
-            "start": c.start,
-            "end": c.end,
-            "encoding": encoding,
-        }
-        chunks.append(row, len(c.text))
-        tokens += c.token_count
+    if not doc_chunks:
+        return 0
+    starts = [c.start for c in doc_chunks]
+    ends = [c.end for c in doc_chunks]
+    counts = [c.token_count for c in doc_chunks]
+    texts = [c.text for c in doc_chunks]
+    chunks.extend(
+        {
+            "chunk_id": [chunk_id(did, a, b) for a, b in zip(starts, ends, strict=True)],
+            "doc_id": [did] * len(doc_chunks),
+            "index": [c.index for c in doc_chunks],
+            "text": texts,
+            "token_count": counts,
+            "start": starts,
+            "end": ends,
+            "encoding": [encoding] * len(doc_chunks),
+        },
+        sum(map(len, texts)),
+    )
+    tokens = sum(counts)
     return tokens
+
+
+def _with_progress(jobs: Iterator[Job], progress: ProgressFn | None) -> Iterator[Job]:
+    for job in jobs:
+        yield job
+        if progress and job[1]:
+            progress(job[1])
 
 
 def run_etl(
@@ -115,7 +168,7 @@ def run_etl(
     """Load, clean and chunk everything under `source`; publish the tables at `out`."""
     options = options or EtlOptions()
     started = time.perf_counter()
-    sources = list_sources(source)
+    sources = list_sources(source, options.loader.confine_to)
     if on_start:
         on_start(sum(s.obj.size for s in sources))
     dataset = DatasetWriter(out)
@@ -123,7 +176,6 @@ def run_etl(
     documents = dataset.table("documents", DOCUMENTS)
     chunks = dataset.table("chunks", CHUNKS)
     rejected = dataset.table("rejected", REJECTED)
-    max_bytes = options.loader.max_document_bytes
 
     def reject(r: Rejection) -> None:
         summary.rejected[r.reason] += 1
@@ -131,34 +183,30 @@ def run_etl(
             {"source": r.source, "stage": r.stage, "reason": r.reason, "message": r.message, "bytes": r.bytes}
         )
 
-    def cleaned(records: Iterator[Record]) -> Iterator[tuple[LoadedDocument, str]]:
-        for record in records:
-            summary.records_in += 1
-            summary.bytes_in += record.bytes
-            if isinstance(record, Rejection):
-                reject(record)
-            elif record.bytes > max_bytes:
-                message = f"{record.bytes} bytes exceeds max_document_bytes={max_bytes}"
-                reject(Rejection(record.source, "load", "too_large", message, record.bytes))
-            elif text := clean_text(record.text):
-                record.text = ""  # only the cleaned text is kept from here on: memory stays flat
-                yield record, text
-            else:
-                reject(
-                    Rejection(record.source, "clean", "empty", "no text left after cleaning", record.bytes)
-                )
-
     try:
         with Chunker(options.chunking, threads=options.threads) as chunker:
-            stream = chunker.chunk_stream(
-                cleaned(_records(sources, options.loader, progress)), lambda d: d[1]
+            encoding = chunker.options.encoding
+            stream = chunker.map_chunked(
+                _with_progress(_jobs(sources, options.loader), progress),
+                lambda job: _prepare(job, options.loader),
+                lambda job: (
+                    job[0].obj.size if isinstance(job[0], SourceFile) else getattr(job[0], "bytes", 0) + 1
+                ),
             )
-            for (doc, text), doc_chunks in stream:
-                summary.tokens += write_document(
-                    doc, text, doc_chunks, documents, chunks, chunker.options.encoding
-                )
+            for item, doc_chunks in stream:
+                if isinstance(item, Skipped):
+                    summary.skipped[item.reason] += 1
+                    continue
+                summary.records_in += 1
+                if isinstance(item, Rejection):
+                    summary.bytes_in += item.bytes
+                    reject(item)
+                    continue
+                doc, text = item  # type: ignore[misc]
+                summary.bytes_in += doc.bytes
+                summary.tokens += write_document(doc, text, doc_chunks or [], documents, chunks, encoding)
                 summary.documents += 1
-                summary.chunks += len(doc_chunks)
+                summary.chunks += len(doc_chunks or [])
         summary.seconds = time.perf_counter() - started
         assert summary.records_in == summary.documents + summary.rejected_total  # in = out + rejected
         summary.manifest = dataset.publish(summary.as_dict())

@@ -52,6 +52,16 @@ class TableWriter:
         if self._buffered_rows >= ROW_GROUP_ROWS or self._buffered_bytes >= ROW_GROUP_BYTES:
             self.flush()
 
+    def extend(self, columns: dict[str, list[Any]], size_hint: int = 0) -> None:
+        """Append many rows given as columns (each list as long as the others)."""
+        rows = len(next(iter(columns.values())))
+        for key, column in self._buffer.items():
+            column.extend(columns[key])
+        self._buffered_rows += rows
+        self._buffered_bytes += size_hint
+        if self._buffered_rows >= ROW_GROUP_ROWS or self._buffered_bytes >= ROW_GROUP_BYTES:
+            self.flush()
+
     def flush(self) -> None:
         if not self._buffered_rows:
             return
@@ -113,6 +123,8 @@ class DatasetWriter:
     def __post_init__(self) -> None:
         self.storage = open_storage(self.uri)
         self.tables: dict[str, TableWriter] = {}
+        # temporary files of a writer that was killed are never renamed into place: sweep them
+        self.swept = self.storage.sweep_temp_files()
 
     def table(self, name: str, schema: pa.Schema) -> TableWriter:
         self.tables[name] = TableWriter(self.storage, name, schema, self.run_id)

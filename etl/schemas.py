@@ -46,11 +46,9 @@ SCHEMAS: dict[str, pa.Schema] = {"documents": DOCUMENTS, "chunks": CHUNKS, "reje
 
 
 def _digest(*parts: str) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for part in parts:
-        h.update(part.encode("utf-8", "surrogatepass"))
-        h.update(b"\x00")
-    return h.hexdigest()
+    """BLAKE2b-128 of the parts, each followed by a NUL byte (one update: the same digest, faster)."""
+    data = "\x00".join(parts).encode("utf-8", "surrogatepass") + b"\x00"
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def doc_id(source: str, text: str) -> str:

@@ -16,16 +16,26 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, BinaryIO, Protocol
 from urllib.parse import unquote, urlparse
 
-from aistack.etl.errors import EtlError, StorageError
+from aistack.etl.errors import EtlError, InputProblem, StorageError
+from aistack.etl.localfs import (
+    create_temp,
+    open_regular,
+    regular_file_size,
+    sweep_stale_temp_files,
+    walk_entries,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class StoredObject:
     key: str  # path relative to the storage root, '/'-separated
     size: int
+    problem: InputProblem | None = None  # listed, but not readable as a regular file (why)
+    identity: tuple[int, int] | None = None  # (device, inode) of a local file: one file, one document
+    symlink: bool = False  # a local entry that is a symlink (to `identity`)
 
 
 class Storage(Protocol):
@@ -35,47 +45,64 @@ class Storage(Protocol):
     def list(self, prefix: str = "") -> list[StoredObject]: ...
     def exists(self, key: str) -> bool: ...
     def read_bytes(self, key: str) -> bytes: ...
+    def open_input(self, key: str) -> contextlib.AbstractContextManager[BinaryIO]: ...
     def local_copy(self, key: str) -> contextlib.AbstractContextManager[Path]: ...
     def writer(self, key: str) -> contextlib.AbstractContextManager[IO[bytes]]: ...
     def write_bytes(self, key: str, data: bytes) -> None: ...
     def delete(self, key: str) -> None: ...
+    def sweep_temp_files(self, prefix: str = "") -> int: ...
 
 
 class LocalStorage:
-    def __init__(self, root: Path) -> None:
+    """A directory. `confine_root` (a resolved path): every file read must resolve inside it."""
+
+    def __init__(self, root: Path, confine_root: str | None = None) -> None:
         self.root = root
-        self.uri = root.resolve().as_uri()
+        self.confine_root = confine_root
+        self._resolved = Path(os.path.realpath(root))  # never raises, even on a symlink loop
+        self.uri = self._resolved.as_uri()
 
     def _path(self, key: str) -> Path:
         return self.root / key if key else self.root
 
     def child(self, key: str) -> str:
-        return self._path(key).resolve().as_uri()
+        # the entry as listed (a symlink stays the symlink's path); only the root is resolved
+        return (self._resolved / key if key else self._resolved).as_uri()
+
+    def _entry(self, path: Path) -> StoredObject:
+        key = path.relative_to(self.root).as_posix() if path != self.root else ""
+        try:
+            size, identity = regular_file_size(str(path), self.confine_root)
+        except InputProblem as problem:
+            return StoredObject(key, 0, problem)
+        return StoredObject(key, size, identity=identity, symlink=path.is_symlink())
 
     def list(self, prefix: str = "") -> list[StoredObject]:
+        """Every entry under `prefix`: regular files with their size, anything else with its problem."""
         base = self._path(prefix)
-        if base.is_file():
-            return [StoredObject(prefix, base.stat().st_size)]
         if not base.is_dir():
-            return []
-        found = []
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                if name.startswith("."):
-                    continue
-                path = Path(dirpath) / name
-                found.append(StoredObject(path.relative_to(self.root).as_posix(), path.stat().st_size))
-        return found
+            return [self._entry(base)] if os.path.lexists(base) else []
+        return [
+            StoredObject(p.relative_to(self.root).as_posix(), 0, problem) if problem else self._entry(p)
+            for p, problem in walk_entries(base)
+        ]
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
 
     def read_bytes(self, key: str) -> bytes:
         try:
-            return self._path(key).read_bytes()
-        except OSError as exc:
-            raise StorageError(f"cannot read {self.child(key)}: {exc.strerror or exc}") from exc
+            with open_regular(str(self._path(key)), self.confine_root) as fh:
+                return fh.read()
+        except (OSError, InputProblem) as exc:
+            message = getattr(exc, "strerror", None) or str(exc)
+            raise StorageError(f"cannot read {self.child(key)}: {message}") from exc
+
+    @contextlib.contextmanager
+    def open_input(self, key: str) -> Iterator[BinaryIO]:
+        """A regular file opened for reading; InputProblem if it is anything else or unreadable."""
+        with open_regular(str(self._path(key)), self.confine_root) as fh:
+            yield fh
 
     @contextlib.contextmanager
     def local_copy(self, key: str) -> Iterator[Path]:
@@ -86,7 +113,7 @@ class LocalStorage:
         """Write to a temporary file beside the target and rename it into place on success."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        fd, tmp = create_temp(path)
         try:
             with os.fdopen(fd, "wb") as fh:
                 yield fh
@@ -105,6 +132,11 @@ class LocalStorage:
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
+
+    def sweep_temp_files(self, prefix: str = "") -> int:
+        """Remove temporary files that killed writers left under `prefix`; returns how many."""
+        base = self._path(prefix)
+        return len(sweep_stale_temp_files(base)) if base.is_dir() else 0
 
 
 @functools.cache
@@ -170,6 +202,20 @@ class S3Storage:
             raise self._fail("read", key, exc) from exc
 
     @contextlib.contextmanager
+    def open_input(self, key: str) -> Iterator[BinaryIO]:
+        """The object, downloaded (with boto3's retries) to a local file; unreadable after them."""
+        try:
+            cm = self.local_copy(key)
+            path = cm.__enter__()
+        except StorageError as exc:
+            raise InputProblem("unreadable", str(exc)) from exc
+        try:
+            with path.open("rb") as fh:
+                yield fh
+        finally:
+            cm.__exit__(None, None, None)
+
+    @contextlib.contextmanager
     def local_copy(self, key: str) -> Iterator[Path]:
         with tempfile.TemporaryDirectory(prefix="aistack-s3-") as tmp:
             path = Path(tmp) / Path(key).name
@@ -202,6 +248,10 @@ class S3Storage:
             s3_client().delete_object(Bucket=self.bucket, Key=self._key(key))
         except Exception as exc:
             raise self._fail("delete", key, exc) from exc
+
+    def sweep_temp_files(self, prefix: str = "") -> int:
+        """Nothing to sweep: uploads are single objects or multipart uploads S3 completes atomically."""
+        return 0
 
 
 def open_storage(uri: str) -> Storage:

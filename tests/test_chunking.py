@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from aistack.etl.chunking import Chunker, ChunkingOptions
@@ -137,3 +137,78 @@ def test_guarantees_hold_across_blocks(text: str, opts: ChunkingOptions) -> None
         _check(text, opts)
     finally:
         chunking.BLOCK_CHARS = saved
+
+
+_sentences = st.lists(
+    st.tuples(
+        st.lists(
+            st.sampled_from(["word", "Token", "ünï", "日本語", "42", "a", "x" * 12]), min_size=1, max_size=12
+        ),
+        st.sampled_from([". ", "! ", "? ", ".\n", ".\n\n", "\n", "\n\n"]),
+    ),
+    min_size=1,
+    max_size=40,
+).map(lambda ss: "".join(" ".join(words) + end for words, end in ss).strip())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=_sentences, max_tokens=st.integers(24, 80))
+def test_packs_into_the_fewest_chunks_that_never_cut_a_sentence(text: str, max_tokens: int) -> None:
+    """Overlap 0: as few chunks as any split at sentence-or-higher boundaries can make (checked by
+    a brute-force DP over those boundaries), so no recursive splitter can make fewer."""
+    from aistack.etl.boundaries import SENTENCE, TokenBytes, TokenizedDocument
+
+    chunker = Chunker(ChunkingOptions(max_tokens, 0), threads=1)
+    doc = TokenizedDocument(text, chunker._encode(text), TokenBytes(ENC))
+    ends = [int(p) for p, lv in zip(doc.positions, doc.levels, strict=True) if lv >= SENTENCE]
+    widest = max(len(ENC.encode_ordinary(text[a:b])) for a, b in itertools.pairwise(ends))
+    assume(widest <= max_tokens)  # a wider sentence may be cut at words: the DP does not apply
+    fewest = [0] + [len(ends)] * (len(ends) - 1)
+    for b in range(1, len(ends)):
+        for a in range(b):
+            if len(ENC.encode_ordinary(text[ends[a] : ends[b]])) <= max_tokens:
+                fewest[b] = min(fewest[b], fewest[a] + 1)
+    chunks = chunker.chunk(text)
+    assert len(chunks) == fewest[-1]
+    assert all(c.end in ends for c in chunks), "every cut at a sentence, line or paragraph end"
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=texts)
+def test_token_level_boundaries_equal_the_character_level_ones(text: str) -> None:
+    """Where every token holds whole characters, boundaries are computed per token: the very
+    positions, levels and token counts the character-level rules give."""
+    from aistack.etl.boundaries import TokenBytes, TokenizedDocument
+    from aistack.etl.token_boundaries import TokenFacts, token_level
+
+    assume(text)  # the chunker never builds an empty document
+    tokens = ENC.encode_to_numpy(text, disallowed_special=())
+    found = token_level(tokens, TokenFacts(ENC))
+    by_chars = TokenizedDocument(text, tokens, TokenBytes(ENC))
+    if found is None:
+        assert any(
+            b"".join([ENC.decode_single_token_bytes(t)]).decode("utf-8", "replace")
+            != ENC.decode_single_token_bytes(t).decode("utf-8", "ignore")
+            for t in tokens.tolist()
+        )
+        return
+    positions, levels, cum, char_ends = found
+    assert positions.tolist() == by_chars.positions.tolist()
+    assert levels.tolist() == by_chars.levels.tolist()
+    assert cum.tolist() == by_chars.cum.tolist()
+    assert (len(char_ends) and int(char_ends[-1])) == len(text)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=st.lists(texts, max_size=6))
+def test_documents_batched_get_the_boundaries_they_get_alone(batch: list[str]) -> None:
+    """Small documents share one pass over their concatenated tokens; nothing crosses an edge."""
+    from aistack.etl.token_boundaries import TokenFacts, token_level, token_level_many
+
+    facts = TokenFacts(ENC)
+    tokens = [ENC.encode_to_numpy(t, disallowed_special=()) for t in batch]
+    together = token_level_many(tokens, facts)
+    for alone, found in zip((token_level(t, facts) for t in tokens), together, strict=True):
+        assert (alone is None) == (found is None)
+        if alone is not None and found is not None:
+            assert [a.tolist() for a in alone] == [f.tolist() for f in found]

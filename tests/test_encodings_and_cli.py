@@ -58,7 +58,7 @@ def test_cli_errors_are_one_line_unless_debug(tmp_path: Path) -> None:
     args = ["etl", str(ROOT / "datasets"), "--out", str(tmp_path), "--chunk-tokens", "16", "--overlap", "16"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1
-    assert "error: chunking.overlapTokens must be >= 0 and < maxTokens (16), got 16" in result.output
+    assert "error: --overlap must be >= 0 and < --chunk-tokens (16), got 16" in result.output
     assert "Traceback" not in result.output
     debug = CliRunner().invoke(app, ["--debug", *args])
     assert debug.exit_code == 1 and "Traceback" in debug.output

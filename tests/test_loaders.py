@@ -52,7 +52,7 @@ def test_formats_and_rejections(tmp_path: Path) -> None:
     reasons = {k: r.reason for k, r in docs.items() if isinstance(r, Rejection)}
     assert reasons == {
         "bin.txt": "binary",
-        "latin1.txt": "undecodable",
+        "latin1.txt": "not_utf8",
         "image.png": "unsupported_format",
         "big.txt": "too_large",
         "c.jsonl#line=2": "invalid_json",
@@ -85,3 +85,10 @@ def test_globs_select_files(tmp_path: Path) -> None:
         "* stays in one directory"
     )
     assert [s.obj.key for s in list_sources(f"{tmp_path}/sub/*")] == ["x.md", "z.txt"]  # keys under the root
+
+
+def test_html_text_that_spells_a_placeholder_stays_literal() -> None:
+    """<pre> blocks are put back by a per-call nonce, not by text the page could contain."""
+    html = "<html><body><p>\x1a0\x1a and {{ x }}</p><pre>keep\n  this</pre><p>after</p></body></html>"
+    text, _ = html_to_text(html)
+    assert text == "\x1a0\x1a and {{ x }}\n\nkeep\n  this\n\nafter"

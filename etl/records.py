@@ -1,0 +1,82 @@
+"""The records loaders produce, their options, and the source files they read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aistack.etl.storage import Storage, StoredObject
+
+FORMATS = {
+    ".txt": "text",
+    ".text": "text",
+    ".rst": "text",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".html": "html",
+    ".htm": "html",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+}
+
+
+@dataclass(slots=True)
+class LoaderOptions:
+    text_field: str = "text"  # JSONL field, CSV column or Parquet column holding the text
+    max_document_bytes: int = 16 * 1024 * 1024
+    # read SOURCE but never outside this directory (or s3:// prefix): each file must resolve
+    # inside it, else it is rejected as outside_input_root; '..' that leaves it is refused
+    confine_to: str | Path | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_document_bytes, int) or self.max_document_bytes <= 0:
+            raise ValueError(
+                f"max_document_bytes must be a positive integer, got {self.max_document_bytes!r}"
+            )
+        if not self.text_field:
+            raise ValueError("text_field must not be empty")
+
+
+@dataclass(slots=True)
+class LoadedDocument:
+    source: str
+    text: str
+    bytes: int
+    metadata: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Rejection:
+    source: str
+    stage: str
+    reason: str
+    message: str
+    bytes: int = 0
+
+
+@dataclass(slots=True)
+class Skipped:
+    """A line that holds no record (a blank JSONL or CSV line): counted, not a record."""
+
+    source: str
+    reason: str
+
+
+Record = LoadedDocument | Rejection | Skipped
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    storage: Storage
+    obj: StoredObject
+
+    @property
+    def uri(self) -> str:
+        return self.storage.child(self.obj.key)
+
+    @property
+    def format(self) -> str | None:
+        name = self.obj.key.rsplit("/", 1)[-1].lower()
+        return FORMATS.get("." + name.rsplit(".", 1)[-1]) if "." in name else None
