@@ -67,6 +67,30 @@ def cpu_threads() -> int:
     return max(1, count)
 
 
+def llama_request(request: GenerationRequest, num_ctx: int) -> dict[str, Any]:
+    """Ollama's request, as llama.cpp's OpenAI-style endpoint takes it."""
+    opts = {**OLLAMA_DEFAULT_OPTIONS, **request.options}
+    body: dict[str, Any] = {k: opts[k] for k in _SAMPLING}
+    if opts["seed"] >= 0:
+        body["seed"] = opts["seed"]
+    predict = opts["num_predict"]
+    body["max_tokens"] = num_ctx if predict == -2 else predict  # -1: until stop or the context ends
+    if opts.get("stop"):
+        body["stop"] = list(opts["stop"])
+    if request.format == "json":
+        body["response_format"] = {"type": "json_object"}
+    elif isinstance(request.format, dict):
+        body["response_format"] = {"type": "json_object", "schema": request.format}
+    body["cache_prompt"] = CACHE_PROMPT
+    body["stream"] = True
+    body["stream_options"] = {"include_usage": True}
+    if request.raw_prompt is not None:
+        body["prompt"] = request.raw_prompt
+    else:
+        body["messages"] = [{"role": m["role"], "content": m.get("content") or ""} for m in request.messages]
+    return body
+
+
 @dataclass
 class _Runner:
     """One loaded llama.cpp server for one context length."""
@@ -224,31 +248,6 @@ class LlamaEngine:
 
     # ------------------------------------------------------------------ generation
 
-    def _body(self, request: GenerationRequest, num_ctx: int) -> dict[str, Any]:
-        """Ollama's request, as llama.cpp's OpenAI-style endpoint takes it."""
-        opts = {**OLLAMA_DEFAULT_OPTIONS, **request.options}
-        body: dict[str, Any] = {k: opts[k] for k in _SAMPLING}
-        if opts["seed"] >= 0:
-            body["seed"] = opts["seed"]
-        predict = opts["num_predict"]
-        body["max_tokens"] = num_ctx if predict == -2 else predict  # -1: until stop or the context ends
-        if opts.get("stop"):
-            body["stop"] = list(opts["stop"])
-        if request.format == "json":
-            body["response_format"] = {"type": "json_object"}
-        elif isinstance(request.format, dict):
-            body["response_format"] = {"type": "json_object", "schema": request.format}
-        body["cache_prompt"] = CACHE_PROMPT
-        body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
-        if request.raw_prompt is not None:
-            body["prompt"] = request.raw_prompt
-        else:
-            body["messages"] = [
-                {"role": m["role"], "content": m.get("content") or ""} for m in request.messages
-            ]
-        return body
-
     async def generate(self, request: GenerationRequest, on_piece: PieceFn | None = None) -> Generation:
         runner, waited = await self._runner(request)
         runner.active += 1
@@ -266,7 +265,7 @@ class LlamaEngine:
         self, runner: _Runner, request: GenerationRequest, on_piece: PieceFn | None
     ) -> Generation:
         loop = asyncio.get_running_loop()
-        body = self._body(request, runner.num_ctx)
+        body = llama_request(request, runner.num_ctx)
         stop = threading.Event()
         pieces: list[str] = []
         state: dict[str, Any] = {"finish": None, "usage": None, "timings": None, "error": None}
