@@ -276,7 +276,8 @@ def submit_command(
         return
     meta = created.get("metadata", {})
     out.print(
-        f"{created.get('kind', 'Workflow')} {meta.get('namespace')}/{meta.get('name')} created",
+        f"{created.get('kind', 'Workflow')} {meta.get('namespace')}/{meta.get('name')} "
+        f"{created.get('aistackAction', 'created')}",
         highlight=False,
     )
     out.print(f"follow it with: argo watch -n {meta.get('namespace')} {meta.get('name')}", highlight=False)

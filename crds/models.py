@@ -290,20 +290,39 @@ class Schedule(Model):
         description="Five-field cron expression or @daily-style macro",
     )
     timezone: str = Field(default="UTC", min_length=1, description="IANA time zone, e.g. Europe/Paris")
-    concurrency_policy: ConcurrencyPolicy = Field(default=ConcurrencyPolicy.FORBID)
-    suspend: bool = False
+    concurrency_policy: ConcurrencyPolicy = Field(
+        default=ConcurrencyPolicy.FORBID, description="When a run is due while the last one still runs"
+    )
+    suspend: bool = Field(
+        default=False,
+        description="Pause the schedule: no new runs start (CronWorkflow spec.suspend); a running one goes on",
+    )
     starting_deadline_seconds: int | None = Field(default=None, ge=0)
 
 
 class Backoff(Model):
-    duration: str = Field(default="10s", pattern=DURATION)
-    factor: int = Field(default=2, ge=1, le=10)
-    max_duration: str = Field(default="5m", pattern=DURATION)
+    duration: str = Field(default="10s", pattern=DURATION, description="Delay before the first retry")
+    factor: int = Field(
+        default=2, ge=1, le=10, description="Each further delay is the previous one times this"
+    )
+    max_duration: str = Field(
+        default="5m",
+        pattern=DURATION,
+        description="Longest single delay between two attempts (Argo's backoff.cap); not a limit on the "
+        "step's total time",
+    )
 
 
 class Retries(Model):
-    limit: int = Field(default=3, ge=0, le=20)
+    limit: int = Field(default=3, ge=0, le=20, description="Retries after the first attempt of a step")
     backoff: Backoff = Field(default_factory=Backoff)
+    window: str | None = Field(
+        default=None,
+        pattern=DURATION,
+        description="Total time a step may take over all its attempts, from the first one's start (Argo's "
+        "backoff.maxDuration, which also becomes each retried pod's deadline). Unset: no window, the task's "
+        "timeout bounds the run",
+    )
 
 
 class CachePolicy(StrEnum):
@@ -355,7 +374,11 @@ class TaskOrchestrationSpec(Model):
     parallelism: int = Field(default=4, ge=1, le=1000, description="Pods running at once")
     max_shards: int = Field(default=16, ge=1, le=1000, description="Upper bound of the map fan-out")
     retries: Retries = Field(default_factory=Retries)
-    timeout: str = Field(default="6h", pattern=DURATION, description="Deadline of one run")
+    timeout: str = Field(
+        default="6h",
+        pattern=DURATION,
+        description="Deadline of one run, from its start (Argo's activeDeadlineSeconds, whole seconds)",
+    )
     error_budget_percent: int = Field(
         default=5, ge=0, le=100, description="Failed records a stage tolerates before it fails"
     )

@@ -62,10 +62,20 @@ class TableWriter:
         if self._buffered_rows >= ROW_GROUP_ROWS or self._buffered_bytes >= ROW_GROUP_BYTES:
             self.flush()
 
-    def flush(self) -> None:
-        if not self._buffered_rows:
+    def write_table(self, table: pa.Table) -> None:
+        """Append a table of this schema as it is (its row groups are copied, not its rows)."""
+        self.flush()
+        if not table.num_rows:
             return
-        batch = pa.RecordBatch.from_pydict(self._buffer, schema=self.schema)
+        self._open_part()
+        assert self._writer is not None
+        self._writer.write_table(table.cast(self.schema), row_group_size=ROW_GROUP_ROWS)
+        self.rows += table.num_rows
+        self._part_bytes += table.nbytes
+        if self._part_bytes >= PART_BYTES:
+            self._close_part()
+
+    def _open_part(self) -> None:
         if self._writer is None:
             key = f"{self.name}/part-{len(self.files):05d}-{self.run_id}.parquet"
             self._writer_cm = self.storage.writer(key)
@@ -80,6 +90,13 @@ class TableWriter:
             self._writer = pq.ParquetWriter(sink, self.schema, compression="zstd", write_statistics=stats)
             self.files.append(key)
             self._part_bytes = 0
+
+    def flush(self) -> None:
+        if not self._buffered_rows:
+            return
+        batch = pa.RecordBatch.from_pydict(self._buffer, schema=self.schema)
+        self._open_part()
+        assert self._writer is not None
         self._writer.write_batch(batch)
         self.rows += self._buffered_rows
         self._part_bytes += self._buffered_bytes

@@ -38,7 +38,8 @@ from hera.workflows import (
 )
 
 from aistack.crds.models import OLLAMA_OPTION_ENV, OllamaAgent, OllamaAgentSpec, TaskOrchestration
-from aistack.pipelines.runtime import STEP_METRICS
+from aistack.pipelines import run_spec
+from aistack.pipelines.runtime import PERMANENT_EXIT, STEP_METRICS
 
 try:
     IMAGE = f"ghcr.io/aistack/aistack:{version('aistack')}"
@@ -55,8 +56,9 @@ METRICS_DIR = "/tmp/aistack-metrics"
 
 
 def _duration_seconds(text: str) -> int:
+    """Whole seconds, rounded up: Argo's activeDeadlineSeconds of 0 would end a run at once."""
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    return int(sum(float(n) * units[u] for n, u in re.findall(r"([0-9.]+)(ms|s|m|h)", text)))
+    return max(1, math.ceil(sum(float(n) * units[u] for n, u in re.findall(r"([0-9.]+)(ms|s|m|h)", text))))
 
 
 def step_template(name: str, function: str, **kwargs: Any) -> Any:
@@ -260,12 +262,20 @@ def _stage_metrics(task: str, stage: str, agent: str) -> m.Metrics:
 
 
 def _retry(task: TaskOrchestration) -> RetryStrategy:
+    """Every step's retryStrategy (docs/argo-mapping.md). The task's maximum backoff is Argo's
+    `backoff.cap` (the longest single delay); Argo's `backoff.maxDuration` is a total window from
+    the first attempt's start that also becomes each retried pod's deadline, so it is set only from
+    the task's own `retries.window`. A step that exits PERMANENT_EXIT is not retried."""
     r = task.spec.retries
     return RetryStrategy(
         limit=str(r.limit),
         retry_policy="Always",
+        expression=f'lastRetry.exitCode != "{PERMANENT_EXIT}"',
         backoff=m.Backoff(
-            duration=r.backoff.duration, factor=str(r.backoff.factor), max_duration=r.backoff.max_duration
+            duration=r.backoff.duration,
+            factor=str(r.backoff.factor),
+            cap=r.backoff.max_duration,
+            max_duration=r.window,
         ),
     )
 
@@ -284,14 +294,8 @@ def compile_task(
             f"TaskOrchestration {task.metadata.name!r} refers to undefined OllamaAgents: {', '.join(missing)}"
         )
     spec = task.spec
-    task_json = spec.model_dump_json(by_alias=True, exclude_none=True)
-    agents_json = json.dumps(
-        {
-            n: a.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
-            for n, a in sorted(agents.items())
-        },
-        sort_keys=True,
-    )
+    used = {n: agents[n].spec for n in spec.agent_refs()}
+    parameters = run_spec.as_parameters(run_spec.RunSpec(spec, used), spec.output_target)
     labels = {"ai.stack/task": task.metadata.name, "app.kubernetes.io/part-of": "aistack"}
     annotations = {
         "workflows.argoproj.io/title": f"aistack: {task.metadata.name}",
@@ -310,11 +314,8 @@ def compile_task(
         "artifact_repository_ref": m.ArtifactRepositoryRef(
             config_map="artifact-repositories", key="aistack-s3"
         ),
-        "arguments": [
-            Parameter(name="task", value=task_json),
-            Parameter(name="agents", value=agents_json),
-            Parameter(name="run-uri", value=f"{spec.output_target.rstrip('/')}/runs/{{{{workflow.name}}}}"),
-        ],
+        # user text travels encoded, read by the first step only (run_spec.py)
+        "arguments": [Parameter(name=k, value=v) for k, v in parameters.items()],
         "metrics": m.Metrics(
             prometheus=[
                 m.Prometheus(
@@ -337,41 +338,41 @@ def compile_task(
             ]
         ),
     }
-    if name:
-        common["name"] = name
-    else:
-        common["generate_name"] = f"{task.metadata.name}-"
-    if spec.schedule:
+    if spec.schedule:  # one object per task, named after it: kubectl apply and Flux converge on it
+        common["name"] = name or run_spec.stable_name(task.metadata.name, "CronWorkflow")
         s = spec.schedule
         wf: Workflow | CronWorkflow = CronWorkflow(
             schedules=[s.cron],
             timezone=s.timezone,
             concurrency_policy=str(s.concurrency_policy),
             starting_deadline_seconds=s.starting_deadline_seconds,
-            suspend=s.suspend,
+            cron_suspend=s.suspend or None,  # the schedule's switch, not workflowSpec.suspend
             **common,
         )
     else:
+        if name:
+            common["name"] = name
+        else:  # a run: Argo makes the name unique
+            common["generate_name"] = (
+                f"{run_spec.stable_name(task.metadata.name, 'Workflow')[:57].rstrip('-')}-"
+            )
         wf = Workflow(**common)
     p = "{{workflow.parameters.%s}}"
+    run = {"target": p % "target", "workflow": "{{workflow.name}}"}
     with wf:
-        ingest = step_template("ingest", "ingest", retry_strategy=_retry(task))
-        shards = step_template("shards", "shards")
-        publish = step_template("publish", "publish")
+        retry = _retry(task)
+        ingest = step_template("ingest", "ingest", retry_strategy=retry)
+        shards = step_template("shards", "shards", retry_strategy=retry)
+        publish = step_template("publish", "publish", retry_strategy=retry)
         stage_templates = [_stage_template(task, i, agents) for i in range(len(spec.pipeline))]
         with DAG(name="pipeline"):
-            t_ingest = ingest(name="ingest", arguments={"task": p % "task", "run_uri": p % "run-uri"})
-            t_shards = shards(name="shards", arguments={"task": p % "task", "run_uri": p % "run-uri"})
+            t_ingest = ingest(name="ingest", arguments={"spec": p % "spec", **run})
+            t_shards = shards(name="shards", arguments=run)
             t_ingest >> t_shards
             tasks: dict[str, Any] = {}
             inputs = spec.stage_inputs()
             for st, template in zip(spec.pipeline, stage_templates, strict=True):
-                args = {
-                    "task": p % "task",
-                    "agents": p % "agents",
-                    "stage_name": st.stage_name,
-                    "run_uri": p % "run-uri",
-                }
+                args = {**run, "stage_name": st.stage_name}
                 if st.mode == "map":
                     args |= {"shard": "{{item.shard}}", "shard_count": "{{item.count}}"}
                     t = template(name=st.stage_name, arguments=args, with_param=t_shards.result)
@@ -383,10 +384,7 @@ def compile_task(
                 if not deps:
                     t_shards >> t
                 tasks[st.stage_name] = t
-            t_publish = publish(
-                name="publish",
-                arguments={"task": p % "task", "run_uri": p % "run-uri", "run_id": "{{workflow.name}}"},
-            )
+            t_publish = publish(name="publish", arguments=run)
             for n in spec.final_stages():
                 tasks[n] >> t_publish
     return wf

@@ -8,6 +8,7 @@ from hera.workflows import CronWorkflow, WorkflowTemplate
 
 from aistack.pipelines.compile import compile_task
 from aistack.pipelines.local import load_task
+from aistack.pipelines.run_spec import stable_name
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -23,12 +24,14 @@ def compiled_examples() -> dict[Path, str]:
     out: dict[Path, str] = {}
     for task_file in example_tasks():
         task, agents = load_task(task_file)
-        wf = compile_task(task, agents, name=task.metadata.name)
+        kind = "CronWorkflow" if task.spec.schedule else "WorkflowTemplate"
+        name = stable_name(task.metadata.name, kind)  # deterministic: kubectl apply and Flux converge
+        wf = compile_task(task, agents, name=name)
         if not isinstance(wf, CronWorkflow):
             # the same spec as a reusable template: `argo submit --from workflowtemplate/<name>`
             built = wf.build()
             template = WorkflowTemplate(
-                name=task.metadata.name, labels=built.metadata.labels, annotations=built.metadata.annotations
+                name=name, labels=built.metadata.labels, annotations=built.metadata.annotations
             )
             template_model = template.build()
             template_model.spec = built.spec

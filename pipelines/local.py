@@ -180,16 +180,26 @@ def run_name(task: str) -> str:
 
 
 def _function(template: Any) -> Callable[..., Any]:
+    """The step's function, unwrapped: in a pod, runtime.step turns a permanent failure into an exit
+    code for Argo; here the exception itself reaches the caller."""
     args = template.script.args
     module, _, name = args[args.index("-e") + 1].partition(":")
-    return getattr(importlib.import_module(module), name)
+    return inspect.unwrap(getattr(importlib.import_module(module), name))
 
 
-def _resolve(value: str, scope: dict[str, Any]) -> str:
+def _resolve(value: str, scope: dict[str, Any], keep: tuple[str, ...] = ()) -> str:
+    """Substitute Argo's `{{...}}` tags as its controller does, strictly: a tag that does not resolve
+    fails (Argo: "failed to resolve"), tags starting with one of `keep` are left for a later pass,
+    and an expression tag (`{{=...}}`) is refused, since only Argo evaluates those."""
+
     def sub(match: re.Match[str]) -> str:
         key = match.group(1)
+        if key.startswith(keep):
+            return match.group(0)
+        if key.startswith("="):
+            raise KeyError(f"{match.group(0)} is an Argo expression; the local runner does not evaluate them")
         if key not in scope:
-            raise KeyError(f"cannot resolve {{{{{key}}}}} locally")
+            raise KeyError(f"failed to resolve {match.group(0)}")
         return str(scope[key])
 
     return _EXPR.sub(sub, value)
@@ -246,6 +256,9 @@ def execute(
                     on_task(task.name, "started")
                 if task.with_param:
                     items = json.loads(_resolve(task.with_param, scope))
+                    # Argo resolves a fan-out's arguments twice: first the references, then the whole
+                    # task again with each item; a value substituted in the first pass is scanned again
+                    raw = {k: _resolve(v, scope, keep=("item",)) for k, v in raw.items()}
 
                     def one(
                         item: Any,

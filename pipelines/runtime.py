@@ -1,84 +1,145 @@
 """The functions each workflow step runs, in a pod (through Hera's runner) or locally.
 
-Steps pass references, never bulk text: each takes the run's URI and writes Parquet datasets
-under it, at fixed places, so a 10-million-chunk run compiles to the same small Workflow as a
-10-chunk one:
+Steps pass references, never bulk text or user text (see run_spec.py): the first step reads the
+task from its encoded parameter and saves it in the run's storage; every step then works from the
+run's location, `<outputTarget>/runs/<workflow name>`, and writes Parquet datasets under it, at
+fixed places, so a 10-million-chunk run compiles to the same small Workflow as a 10-chunk one:
 
+    <run>/spec.json                 the task and its agents, as the first step received them
     <run>/input/...                 inline input text, when the task has `inputText`
     <run>/etl/                      documents, chunks, rejected (one dataset)
     <run>/stages/<stage>/shard-N/   results of one shard of a stage (one dataset each)
     <outputTarget>/<run id>/        the published outputs and summary.json
+
+A step that fails for a reason a retry cannot fix (an invalid task, no usable input, a model the
+server cannot provide) exits with PERMANENT_EXIT; the compiled retryStrategy retries every other
+failure and never that one.
 """
 
 # No `from __future__ import annotations`: Hera reads these functions' real parameter types.
 
+import functools
 import json
 import math
 import os
 import sys
-import time
-from typing import Any
-
-import httpx
-import ollama
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aistack.crds.models import OllamaAgentSpec, Stage, TaskOrchestrationSpec
 from aistack.etl.chunking import ChunkingOptions
+from aistack.etl.errors import EtlError, StorageError
 from aistack.etl.job import EtlOptions, run_etl
 from aistack.etl.loaders import LoaderOptions
-from aistack.etl.parquet_io import DatasetWriter, read_manifest, read_table
-from aistack.etl.schemas import RESULTS
-from aistack.etl.storage import open_storage
+from aistack.etl.parquet_io import read_manifest
+from aistack.etl.storage import open_storage, split_pattern
+from aistack.pipelines import run_spec
 from aistack.pipelines.datasets import dataset_path, datasets_dir
+from aistack.pipelines.model_servers import (
+    ModelUnavailableError,
+    agent_hosts,
+    normalize_model,
+    ollama_host,
+    wait_for_model,
+)
+from aistack.pipelines.publish import publish_run
 from aistack.steps.agent_step import AgentStepOptions, read_records, run_agent_step
+from aistack.steps.model_weights import WeightsMissingError
 from aistack.steps.roles import AgentConfig, StageSettings, options_from_env
 from aistack.steps.stages import InputRecord, StageSpec
+
+__all__ = [
+    "DATASETS_DIR",
+    "PERMANENT_EXIT",
+    "ModelUnavailableError",
+    "ingest",
+    "normalize_model",
+    "ollama_host",
+    "publish",
+    "shards",
+    "stage",
+    "wait_for_model",
+]
 
 # bundled datasets: AISTACK_DATASETS, else the package's (aistack.pipelines.datasets)
 DATASETS_DIR = datasets_dir()
 CHUNKS_PER_SHARD = 64  # below this a shard is not worth a pod
-
-
-def _spec(task: str) -> TaskOrchestrationSpec:
-    return TaskOrchestrationSpec.model_validate_json(task)
-
-
-def _agents(agents: str) -> dict[str, OllamaAgentSpec]:
-    return {name: OllamaAgentSpec.model_validate(spec) for name, spec in json.loads(agents).items()}
-
-
+PERMANENT_EXIT = 3  # the exit code of a failure no retry can fix (compile.py's retryStrategy)
 # the totals a stage step exports to Argo (see write_step_metrics)
 STEP_METRICS = ("rows", "errors", "cached", "prompt_tokens", "eval_tokens", "call_seconds")
+
+F = TypeVar("F", bound=Callable[..., str])
+
+
+class PermanentStepError(SystemExit):
+    """Ends a step with PERMANENT_EXIT (Argo then does not retry it); the cause is the error."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(PERMANENT_EXIT)
+        self.message = message
+
+
+def _permanent(exc: BaseException) -> bool:
+    if isinstance(exc, StorageError):  # storage may be back on the next attempt
+        return False
+    return isinstance(exc, ValueError | EtlError | ModelUnavailableError | WeightsMissingError)
+
+
+def step(fn: F) -> F:
+    """A step entry point: a failure no retry can fix is reported on stderr and exits PERMANENT_EXIT."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> str:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not _permanent(exc):
+                raise
+            print(f"aistack: {fn.__name__} failed, not retried: {type(exc).__name__}: {exc}", file=sys.stderr)
+            raise PermanentStepError(str(exc)) from exc
+
+    return run  # type: ignore[return-value]
 
 
 def stage_uri(run_uri: str, stage: str, shard: int) -> str:
     return f"{run_uri.rstrip('/')}/stages/{stage}/shard-{shard}"
 
 
-def input_source(spec: TaskOrchestrationSpec, run_uri: str) -> str:
-    """Where the ETL reads from: the input URI, a bundled dataset, or the inline text."""
+def input_source(spec: TaskOrchestrationSpec, run_uri: str) -> tuple[str, str | None]:
+    """Where the ETL reads from (the input URI, a bundled dataset, or the inline text) and the root
+    it must not leave: an `include` is matched inside the dataset or URI, and every file it finds
+    must still be there once symlinks are resolved."""
     if spec.input is not None:
         root = spec.input.uri
-        if spec.input.dataset:
+        if spec.input.dataset:  # a bundled dataset: nothing of it may lead elsewhere
             root = str(dataset_path(spec.input.dataset, DATASETS_DIR))
+            source = f"{root}/{spec.input.include}" if spec.input.include else root
+            return source, root
         assert root is not None  # the CRD requires uri or dataset
-        return f"{root.rstrip('/')}/{spec.input.include}" if spec.input.include else root
+        if not spec.input.include:  # the user's own input, as they named it
+            return root, None
+        return f"{root.rstrip('/')}/{spec.input.include}", split_pattern(root)[0]
     storage = open_storage(f"{run_uri.rstrip('/')}/input")
     storage.write_bytes("input.txt", (spec.input_text or "").encode())
-    return storage.child("input.txt")
+    return storage.child("input.txt"), None
 
 
-def ingest(task: str, run_uri: str) -> str:
-    """Load, clean and chunk the task's input; returns the dataset URI."""
-    spec = _spec(task)
+@step
+def ingest(spec: str, target: str, workflow: str) -> str:
+    """The first step: save the task for the others, then load, clean and chunk its input; returns
+    the dataset URI."""
+    run = run_spec.run_uri(target, workflow)
+    received = run_spec.RunSpec.decode(spec)
+    run_spec.save(run, received)
+    task = received.task
+    source, confine = input_source(task, run)
     options = EtlOptions(
         chunking=ChunkingOptions(
-            spec.chunking.max_tokens, spec.chunking.overlap_tokens, spec.chunking.encoding
+            task.chunking.max_tokens, task.chunking.overlap_tokens, task.chunking.encoding
         ),
-        loader=LoaderOptions(text_field=spec.input.text_field if spec.input else "text"),
+        loader=LoaderOptions(text_field=task.input.text_field if task.input else "text", confine_to=confine),
     )
-    out = f"{run_uri.rstrip('/')}/etl"
-    source = input_source(spec, run_uri)
+    out = f"{run}/etl"
     summary = run_etl(source, out, options)
     if summary.documents == 0:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(summary.rejected.items()))
@@ -88,11 +149,13 @@ def ingest(task: str, run_uri: str) -> str:
     return out
 
 
-def shards(task: str, run_uri: str) -> str:
+@step
+def shards(target: str, workflow: str) -> str:
     """The map fan-out: a JSON list of {shard, count} (count bounded by spec.maxShards)."""
-    spec = _spec(task)
-    chunks = read_manifest(f"{run_uri.rstrip('/')}/etl")["tables"]["chunks"]["rows"]
-    count = max(1, min(spec.max_shards, math.ceil(chunks / CHUNKS_PER_SHARD)))
+    run = run_spec.run_uri(target, workflow)
+    task = run_spec.load(run).task
+    chunks = read_manifest(f"{run}/etl")["tables"]["chunks"]["rows"]
+    count = max(1, min(task.max_shards, math.ceil(chunks / CHUNKS_PER_SHARD)))
     return json.dumps([{"shard": i, "count": count} for i in range(count)])
 
 
@@ -129,122 +192,56 @@ def agent_config(name: str, spec: OllamaAgentSpec) -> AgentConfig:
     )
 
 
-def normalize_model(name: str) -> str:
-    """Ollama's full model name: the tag defaults to `latest`."""
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
-
-
-def ollama_host() -> str:
-    """`OLLAMA_HOST` as a URL (Ollama accepts a bare host:port), default 127.0.0.1:11434."""
-    host = os.environ.get("OLLAMA_HOST", "http://127.0.0.1:11434")
-    return host if "://" in host else f"http://{host}"
-
-
-class ModelUnavailableError(RuntimeError):
-    """The model server cannot provide a model the stage needs."""
-
-
-def agent_hosts() -> dict[str, str]:
-    """`AISTACK_AGENT_HOSTS`: JSON {agent: model server URL}, set by the compiled stage template (each
-    agent's sidecar or Service) or by the local runner; agents not named use OLLAMA_HOST."""
-    raw = os.environ.get("AISTACK_AGENT_HOSTS") or "{}"
-    try:
-        hosts = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"AISTACK_AGENT_HOSTS is not JSON: {exc}") from None
-    if not isinstance(hosts, dict) or not all(isinstance(v, str) for v in hosts.values()):
-        raise ValueError("AISTACK_AGENT_HOSTS must be a JSON object of agent name -> URL")
-    return hosts
-
-
-def _log(message: str) -> None:
-    # stdout is the step's result (Argo's outputs.result): progress goes to stderr
-    print(message, file=sys.stderr, flush=True)
-
-
-def wait_for_model(host: str, model: str, timeout: float = 900.0) -> None:
-    """Wait for the model server at `host` to answer (a sidecar may still be starting), then make sure
-    it has `model`: listed, or pulled now with its progress logged. A pull that fails (a model the
-    server cannot provide) fails the step at once, with the server's reason."""
-    deadline = time.monotonic() + timeout
-    wanted = normalize_model(model)
-    client = ollama.Client(host=host, timeout=30)
-
-    def listed() -> bool:
-        return any(m.model in (model, wanted) for m in client.list().models)
-
-    while True:
-        try:
-            if listed():
-                return
-            break
-        except (ConnectionError, httpx.HTTPError, ollama.ResponseError) as exc:
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"the model server at {host} did not answer within {timeout:.0f}s ({exc})"
-                ) from exc
-            time.sleep(1.0)
-    _log(f"pulling {model} at {host}")
-    last_report = 0.0
-    try:
-        for progress in ollama.Client(host=host, timeout=max(30.0, deadline - time.monotonic())).pull(
-            model, stream=True
-        ):
-            if progress.total and time.monotonic() - last_report > 10:
-                last_report = time.monotonic()
-                _log(f"  {progress.status}: {100 * (progress.completed or 0) // progress.total}%")
-    except ollama.ResponseError as exc:
-        raise ModelUnavailableError(
-            f"the model server at {host} cannot provide {model!r}: {exc.error}"
-        ) from None
-    except (ConnectionError, httpx.HTTPError) as exc:
-        raise ModelUnavailableError(f"pulling {model!r} at {host} failed: {exc}") from exc
-    if not listed():
-        raise ModelUnavailableError(f"the model server at {host} pulled {model!r} but does not list it")
-
-
-def stage(task: str, agents: str, stage_name: str, run_uri: str, shard: int = 0, shard_count: int = 1) -> str:
-    """Run one stage (one shard of a map stage); returns JSON: the results URI and totals."""
-    spec, agent_specs = _spec(task), _agents(agents)
-    st = next((s for s in spec.pipeline if s.stage_name == stage_name), None)
-    if st is None:
-        raise ValueError(
-            f"no stage {stage_name!r} in the task; stages are {[s.stage_name for s in spec.pipeline]}"
-        )
+def _stage_spec(received: run_spec.RunSpec, st: Stage) -> StageSpec:
+    task, agents = received.task, received.agents
 
     def agent(name: str) -> AgentConfig:
-        if name not in agent_specs:
-            raise ValueError(f"stage {stage_name!r}: OllamaAgent {name!r} is not defined")
-        return agent_config(name, agent_specs[name])
+        if name not in agents:
+            raise ValueError(f"stage {st.stage_name!r}: OllamaAgent {name!r} is not defined")
+        return agent_config(name, agents[name])
 
-    records = _stage_records(spec, st, run_uri)
-    if st.mode == "map" and shard_count > 1:
-        records = [r for i, r in enumerate(records) if i % shard_count == shard]
     settings = StageSettings(
-        question=spec.question,
+        question=task.question,
         labels=tuple(st.labels) if st.labels else None,
         output_schema=st.output_schema,
         prompt=st.prompt,
     )
-    stage_spec = StageSpec(
-        name=stage_name,
+    return StageSpec(
+        name=st.stage_name,
         mode=str(st.mode),
         agent=agent(st.agent_ref),
         settings=settings,
         participants=[agent(p) for p in st.participants or []],
         judge=agent(st.judge_ref) if st.judge_ref else None,
         rounds=st.rounds or 1,
-        error_budget_percent=spec.error_budget_percent,
+        error_budget_percent=task.error_budget_percent,
     )
+
+
+@step
+def stage(target: str, workflow: str, stage_name: str, shard: int = 0, shard_count: int = 1) -> str:
+    """Run one stage (one shard of a map stage); returns JSON: the results URI and totals."""
+    run = run_spec.run_uri(target, workflow)
+    received = run_spec.load(run)
+    task = received.task
+    st = next((s for s in task.pipeline if s.stage_name == stage_name), None)
+    if st is None:
+        raise ValueError(
+            f"no stage {stage_name!r} in the task; stages are {[s.stage_name for s in task.pipeline]}"
+        )
+    stage_spec = _stage_spec(received, st)
+    records = _stage_records(task, st, run)
+    if st.mode == "map" and shard_count > 1:
+        records = [r for i, r in enumerate(records) if i % shard_count == shard]
     host, hosts = ollama_host(), agent_hosts()
     wait = float(os.environ.get("AISTACK_MODEL_WAIT_SECONDS", "900"))
     everyone = [stage_spec.agent, *stage_spec.participants, *([stage_spec.judge] if stage_spec.judge else [])]
     for where, model in dict.fromkeys((hosts.get(a.name, host), a.model) for a in everyone):
         wait_for_model(where, model, timeout=wait)
     cache_uri = (
-        None if spec.cache.policy == "Off" else (spec.cache.uri or f"{spec.output_target.rstrip('/')}/cache")
+        None if task.cache.policy == "Off" else (task.cache.uri or f"{task.output_target.rstrip('/')}/cache")
     )
-    out = stage_uri(run_uri, stage_name, shard)
+    out = stage_uri(run, stage_name, shard)
     options = AgentStepOptions(host=host, agent_hosts=hosts, cache_uri=cache_uri)
     outcome = run_agent_step(stage_spec, records, out, options)
     totals = outcome.totals()
@@ -266,58 +263,11 @@ def write_step_metrics(totals: dict[str, int]) -> None:
             f.write(str(values.get(key, 0)))
 
 
-def publish(task: str, run_uri: str, run_id: str) -> str:
-    """Copy the final results to `<outputTarget>/<run id>/` with a summary; returns JSON with
-    that URI (`outputs`) and the run's token totals."""
-    spec = _spec(task)
-    target = f"{spec.output_target.rstrip('/')}/{run_id}"
-    last = spec.final_stages()
-    dataset = DatasetWriter(target)
-    results = dataset.table("results", RESULTS)
-    totals: dict[str, Any] = {
-        "stages": {},
-        "prompt_tokens": 0,
-        "eval_tokens": 0,
-        "calls_cached": 0,
-        "errors": 0,
-    }
-    final_rows = []
-    models: dict[str, dict[str, Any]] = {}  # what answered for each model asked for
-    for st in spec.pipeline:
-        stage_totals = {"rows": 0, "errors": 0, "prompt_tokens": 0, "eval_tokens": 0, "cached": 0}
-        for uri in shard_datasets(run_uri, st.stage_name):
-            table = read_table(uri, "results")
-            for row in table.to_pylist():
-                stage_totals["rows"] += 1
-                stage_totals["errors"] += row["error"] is not None
-                stage_totals["prompt_tokens"] += row["prompt_tokens"]
-                stage_totals["eval_tokens"] += row["eval_tokens"]
-                stage_totals["cached"] += row["cached"]
-                results.append(row, len(row["response"] or ""))
-                if row["served_model"]:
-                    models[row["model"]] = {
-                        "served_by": row["served_model"],
-                        "engine": row["engine"],
-                        "stand_in": normalize_model(row["model"]) != row["served_model"],
-                    }
-                if st.stage_name in last and row["final"] and row["error"] is None:
-                    final_rows.append(row)
-        totals["stages"][st.stage_name] = stage_totals
-        totals["prompt_tokens"] += stage_totals["prompt_tokens"]
-        totals["eval_tokens"] += stage_totals["eval_tokens"]
-        totals["calls_cached"] += stage_totals["cached"]
-        totals["errors"] += stage_totals["errors"]
-    etl = read_manifest(f"{run_uri.rstrip('/')}/etl")["summary"]
-    summary = {
-        "run_id": run_id,
-        "etl": etl,
-        **totals,
-        "models": models,
-        "outputs": [r["response"] for r in final_rows[:20]],
-    }
-    dataset.publish(summary)
-    open_storage(target).write_bytes("summary.json", json.dumps(summary, indent=2, sort_keys=True).encode())
-    return json.dumps(
-        {"outputs": target, "prompt_tokens": totals["prompt_tokens"], "eval_tokens": totals["eval_tokens"]},
-        sort_keys=True,
-    )
+@step
+def publish(target: str, workflow: str) -> str:
+    """Copy the final results to `<outputTarget>/<run id>/` with a summary; returns JSON with that URI
+    (`outputs`) and the run's token totals. The run id is the workflow's name."""
+    run = run_spec.run_uri(target, workflow)
+    task = run_spec.load(run).task
+    stages = {st.stage_name: shard_datasets(run, st.stage_name) for st in task.pipeline}
+    return publish_run(task, run, workflow, stages)

@@ -47,11 +47,32 @@ def submit(
     body["metadata"]["namespace"] = ns
     plural = "cronworkflows" if body["kind"] == "CronWorkflow" else "workflows"
     try:
-        return api.create_namespaced_custom_object(ARGO_GROUP, ARGO_VERSION, ns, plural, body)
+        created = api.create_namespaced_custom_object(ARGO_GROUP, ARGO_VERSION, ns, plural, body)
+        created["aistackAction"] = "created"
+        return created
     except ApiException as exc:
-        detail = exc.reason
-        with contextlib.suppress(TypeError, ValueError):
-            detail = json.loads(exc.body).get("message") or detail
-        raise RuntimeError(
-            f"creating {body['kind']} in namespace {ns!r} failed: HTTP {exc.status}: {detail}"
-        ) from exc
+        if exc.status == 409 and body["kind"] == "CronWorkflow":  # one schedule per task: update it
+            return _replace(api, ns, plural, body)
+        raise RuntimeError(f"creating {body['kind']} in namespace {ns!r} failed: {_detail(exc)}") from exc
+
+
+def _detail(exc: Any) -> str:
+    detail = exc.reason
+    with contextlib.suppress(TypeError, ValueError):
+        detail = json.loads(exc.body).get("message") or detail
+    return f"HTTP {exc.status}: {detail}"
+
+
+def _replace(api: Any, ns: str, plural: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Replace an existing object (as `kubectl apply` would converge on it), keeping its resourceVersion."""
+    from kubernetes.client.exceptions import ApiException
+
+    name = body["metadata"]["name"]
+    try:
+        current = api.get_namespaced_custom_object(ARGO_GROUP, ARGO_VERSION, ns, plural, name)
+        body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        replaced = api.replace_namespaced_custom_object(ARGO_GROUP, ARGO_VERSION, ns, plural, name, body)
+    except ApiException as exc:
+        raise RuntimeError(f"updating {body['kind']} {ns}/{name} failed: {_detail(exc)}") from exc
+    replaced["aistackAction"] = "configured"
+    return replaced

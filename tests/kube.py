@@ -122,6 +122,8 @@ class Emulator(kmock.KubernetesEmulator):
                     status=404, reason="NotFound", message=f'namespaces "{namespace}" not found',
                     details={"name": namespace, "kind": "namespaces"},
                 )  # fmt: skip
+        if resource is not None and request.method == kmock.method.PUT and request.name is not None:
+            return await self._serve_replace(request)
         if resource is not None and isinstance(request.data, dict):
             self._as_the_server_would_store(request)
         response = await super()._handle(request)
@@ -132,6 +134,30 @@ class Emulator(kmock.KubernetesEmulator):
         ):
             self._serve_crd(request.data)
         return response
+
+    async def _serve_replace(self, request: kmock.Request) -> Any:
+        """PUT, which kmock does not serve: the whole object replaced, as a real server does, only if
+        the body carries the stored resourceVersion (else 409, as optimistic concurrency requires)."""
+        key = (request.resource, request.namespace, request.name)
+        if key not in self.objects or self.objects[key].deleted:
+            raise kmock.KubernetesError(status=404, reason="NotFound", message=f'"{request.name}" not found')
+        stored = self.objects[key].raw
+        meta = dict(request.data.get("metadata") or {})
+        if meta.get("resourceVersion") != stored["metadata"].get("resourceVersion"):
+            raise kmock.KubernetesError(
+                status=409, reason="Conflict",
+                message=f'Operation cannot be fulfilled on "{request.name}": the object has been modified',
+            )  # fmt: skip
+        kept = {
+            k: stored["metadata"][k]
+            for k in ("uid", "creationTimestamp", "namespace")
+            if k in stored["metadata"]
+        }
+        meta |= kept | {"resourceVersion": str(next(_versions)),
+                        "generation": stored["metadata"].get("generation", 1) + 1}  # fmt: skip
+        replaced = {**request.data, "metadata": meta}
+        self.objects[key] = replaced
+        return web.json_response(replaced)
 
     async def _serve_version(self, request: kmock.Request) -> Any:
         served = await super()._serve_version(request)

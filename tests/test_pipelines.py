@@ -154,13 +154,31 @@ def test_compiled_size_does_not_depend_on_the_corpus(tmp_path: Path) -> None:
     big = small.model_copy(deep=True)
     big.spec.input.uri = "s3://corpus/ten-million-chunks/"  # type: ignore[union-attr]
     a, b = compile_task(small, agents, name="x").to_yaml(), compile_task(big, agents, name="x").to_yaml()
-    assert a.replace("ten-chunks", "ten-million-chunks") == b, "only the input URI differs"
+    spec_a, spec_b = (_spec_parameter(yaml.safe_load(y)) for y in (a, b))
+    assert spec_a.to_json().replace("ten-chunks", "ten-million-chunks") == spec_b.to_json()
+    assert _without_spec(a) == _without_spec(b), "only the encoded task differs"
     wide = small.model_copy(deep=True)
     wide.spec.max_shards = 1000
     assert abs(len(compile_task(wide, agents, name="x").to_yaml()) - len(a)) <= 8, (
         "1000 shards are one withParam"
     )
     assert len(a.encode()) < 64 * 1024
+
+
+def _spec_parameter(doc: dict[str, Any]) -> Any:
+    from aistack.pipelines.run_spec import RunSpec
+
+    spec = doc["spec"].get("workflowSpec", doc["spec"])
+    (value,) = [p["value"] for p in spec["arguments"]["parameters"] if p["name"] == "spec"]
+    return RunSpec.decode(value)
+
+
+def _without_spec(text: str) -> str:
+    doc = yaml.safe_load(text)
+    for p in doc["spec"]["arguments"]["parameters"]:
+        if p["name"] == "spec":
+            p["value"] = "..."
+    return yaml.safe_dump(doc)
 
 
 def test_undefined_agents_are_a_clear_error() -> None:
@@ -237,19 +255,30 @@ def test_hera_authored_pipeline_builds_a_valid_workflow() -> None:
     assert tasks["answer"]["withParam"] == "{{tasks.shards.outputs.result}}"
 
 
-def test_single_file_input_and_empty_input_errors(tmp_path: Path) -> None:
-    from aistack.pipelines.runtime import ingest
+def test_single_file_input_and_empty_input_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No usable input is a failure no retry can fix: the step exits PERMANENT_EXIT, which the
+    compiled retryStrategy's expression does not retry, and says why on stderr."""
+    from aistack.pipelines.run_spec import RunSpec, encode_text
+    from aistack.pipelines.runtime import PERMANENT_EXIT, PermanentStepError, ingest
 
-    task, _ = load_task(QA)
+    task, agents = load_task(QA)
     spec = task.spec.model_copy(deep=True)
     spec.input.include = "faq/design.html"  # type: ignore[union-attr]
-    out = ingest(spec.model_dump_json(by_alias=True, exclude_none=True), tmp_path.as_uri())
+    run = RunSpec(spec, {n: a.spec for n, a in agents.items()})
+    out = ingest(run.encode(), encode_text(tmp_path.as_uri()), "wf-1")
+    assert out == f"{tmp_path.as_uri()}/runs/wf-1/etl"
     assert read_manifest(out)["summary"]["documents"] == 1
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.bin.txt").write_bytes(b"\x00\x01")
     spec.input.dataset, spec.input.include, spec.input.uri = None, None, (tmp_path / "bad").as_uri()  # type: ignore[union-attr]
-    with pytest.raises(ValueError, match=r"no usable documents .* all rejected \(binary=1\)"):
-        ingest(spec.model_dump_json(by_alias=True, exclude_none=True), (tmp_path / "run").as_uri())
+    with pytest.raises(PermanentStepError) as stopped:
+        ingest(RunSpec(spec, run.agents).encode(), encode_text(tmp_path.as_uri()), "wf-2")
+    assert stopped.value.code == PERMANENT_EXIT
+    assert isinstance(stopped.value.__cause__, ValueError)
+    assert (
+        "no usable documents" in stopped.value.message and "all rejected (binary=1)" in stopped.value.message
+    )
+    assert "ingest failed, not retried: ValueError: no usable documents" in capsys.readouterr().err
 
 
 def test_submit_creates_the_workflow_through_the_kubernetes_api(
@@ -269,6 +298,13 @@ def test_submit_creates_the_workflow_through_the_kubernetes_api(
         again = CliRunner().invoke(app, args)  # the same name twice: a clear conflict error
         assert again.exit_code == 1 and "HTTP 409" in again.output
         assert len(api.objects("workflows")) == 1
+        # a scheduled task: one CronWorkflow named after it; submitting again updates it
+        digest = ROOT / "examples" / "summarization-pipeline" / "task.yaml"
+        cron = ["submit", str(digest), "--kubeconfig", str(api.kubeconfig)]
+        first, second = CliRunner().invoke(app, cron), CliRunner().invoke(app, cron)
+        assert "CronWorkflow default/howto-digest created" in first.output, first.output
+        assert "CronWorkflow default/howto-digest configured" in second.output, second.output
+        assert api.names("cronworkflows") == ["howto-digest"]
 
 
 def test_orchestration_diagram_source_is_up_to_date() -> None:

@@ -1,0 +1,89 @@
+"""The publish step: every stage's results into one `results` table at `<outputTarget>/<run id>/`,
+with `summary.json`. Row groups are copied with pyarrow and totals computed with pyarrow compute,
+so publishing costs one row group of memory whatever the run's size; the manifest is written
+last (etl.parquet_io), so readers see the previous outputs or the new ones, never a mix."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from aistack.crds.models import TaskOrchestrationSpec
+from aistack.etl.parquet_io import DatasetWriter, read_manifest
+from aistack.etl.schemas import RESULTS
+from aistack.etl.storage import open_storage
+
+MAX_OUTPUTS = 20  # final answers copied into summary.json (all of them are in `results`)
+
+
+def row_groups(uri: str, table: str) -> Iterator[pa.Table]:
+    """A published table's row groups, one at a time."""
+    storage = open_storage(uri)
+    for key in read_manifest(uri)["tables"][table]["files"]:
+        with storage.local_copy(key) as path:
+            parquet = pq.ParquetFile(path)
+            for i in range(parquet.num_row_groups):
+                yield parquet.read_row_group(i)
+
+
+def _normalized(model: str) -> str:
+    return model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
+
+
+def publish_run(task: TaskOrchestrationSpec, run: str, run_id: str, stages: dict[str, list[str]]) -> str:
+    """`stages`: each stage's shard datasets, in pipeline order. Returns the step's result JSON."""
+    target = f"{task.output_target.rstrip('/')}/{run_id}"
+    final_stages = set(task.final_stages())
+    dataset = DatasetWriter(target)
+    results = dataset.table("results", RESULTS)
+    totals: dict[str, Any] = {
+        "stages": {},
+        "prompt_tokens": 0,
+        "eval_tokens": 0,
+        "calls_cached": 0,
+        "errors": 0,
+    }
+    outputs: list[str] = []
+    models: dict[str, dict[str, Any]] = {}  # what answered for each model asked for
+    for stage, shard_uris in stages.items():
+        counts = {"rows": 0, "errors": 0, "prompt_tokens": 0, "eval_tokens": 0, "cached": 0}
+        for uri in shard_uris:
+            for group in row_groups(uri, "results"):
+                results.write_table(group)
+                counts["rows"] += group.num_rows
+                counts["errors"] += group.num_rows - group.column("error").null_count
+                for column in ("prompt_tokens", "eval_tokens"):
+                    counts[column] += pc.sum(group.column(column)).as_py() or 0
+                counts["cached"] += pc.sum(group.column("cached").cast(pa.int64())).as_py() or 0
+                served = (
+                    group.select(["model", "served_model", "engine"])
+                    .group_by(["model", "served_model", "engine"])
+                    .aggregate([])
+                )
+                for row in served.to_pylist():
+                    if row["served_model"]:
+                        models[row["model"]] = {
+                            "served_by": row["served_model"],
+                            "engine": row["engine"],
+                            "stand_in": _normalized(row["model"]) != row["served_model"],
+                        }
+                if stage in final_stages and len(outputs) < MAX_OUTPUTS:
+                    answered = group.filter(pc.and_(group.column("final"), pc.is_null(group.column("error"))))
+                    outputs += answered.column("response").to_pylist()[: MAX_OUTPUTS - len(outputs)]
+        totals["stages"][stage] = counts
+        for key, column in (("prompt_tokens", "prompt_tokens"), ("eval_tokens", "eval_tokens"),
+                            ("calls_cached", "cached"), ("errors", "errors")):  # fmt: skip
+            totals[key] += counts[column]
+    etl = read_manifest(f"{run.rstrip('/')}/etl")["summary"]
+    summary = {"run_id": run_id, "etl": etl, **totals, "models": models, "outputs": outputs}
+    dataset.publish(summary)
+    open_storage(target).write_bytes("summary.json", json.dumps(summary, indent=2, sort_keys=True).encode())
+    return json.dumps(
+        {"outputs": target, "prompt_tokens": totals["prompt_tokens"], "eval_tokens": totals["eval_tokens"]},
+        sort_keys=True,
+    )
