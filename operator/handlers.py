@@ -27,7 +27,6 @@ OllamaAgent
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import os
 from typing import Any
@@ -39,11 +38,11 @@ from aistack.crds.validation import InvalidResourceError, parse
 from aistack.operator import kube, metrics, workloads
 from aistack.operator.progress import TERMINAL, condition, merge_conditions, task_status
 from aistack.pipelines.compile import compile_task
+from aistack.pipelines.run_spec import stable_name
 
 AGENT_RETRY_SECONDS = float(os.environ.get("AISTACK_AGENT_RETRY_SECONDS", "15"))
 FOLLOW_SECONDS = float(os.environ.get("AISTACK_FOLLOW_SECONDS", "10"))
 # Argo's limits: a Workflow name is a label value (63); a CronWorkflow's runs add "-<unix time>" (52 + 11)
-NAME_LIMITS = {"Workflow": 63, "CronWorkflow": 52}
 log = logging.getLogger("aistack.operator")
 
 
@@ -73,11 +72,7 @@ def _object(body: kopf.Body | dict[str, Any]) -> dict[str, Any]:
 def workflow_name(task: str, generation: int | None, kind: str = "Workflow") -> str:
     """`<task>-g<generation>`; too long for Argo, the task part is cut and a hash of the whole
     task name keeps it unique and deterministic (a restarted operator derives the same name)."""
-    suffix, limit = f"-g{generation or 1}", NAME_LIMITS[kind]
-    if len(task) + len(suffix) <= limit:
-        return task + suffix
-    digest = hashlib.sha256(task.encode()).hexdigest()[:8]
-    return f"{task[: limit - len(suffix) - 9].rstrip('-')}-{digest}{suffix}"
+    return stable_name(task, kind, f"-g{generation or 1}")
 
 
 def _agent_ready(agent: dict[str, Any]) -> bool:
