@@ -23,7 +23,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from aistack.crds.models import OllamaAgentSpec, Stage, TaskOrchestrationSpec
@@ -43,7 +43,7 @@ from aistack.pipelines.model_servers import (
     wait_for_model,
 )
 from aistack.pipelines.publish import publish_run
-from aistack.steps.agent_step import AgentStepOptions, read_records, run_agent_step
+from aistack.steps.agent_step import AgentStepOptions, check_error_budget, read_records, run_agent_step
 from aistack.steps.model_weights import WeightsMissingError
 from aistack.steps.roles import AgentConfig, StageSettings, options_from_env
 from aistack.steps.stages import InputRecord, StageSpec
@@ -159,16 +159,30 @@ def shards(target: str, workflow: str) -> str:
     return json.dumps([{"shard": i, "count": count} for i in range(count)])
 
 
-def _stage_records(spec: TaskOrchestrationSpec, stage: Stage, run_uri: str) -> list[InputRecord]:
-    """The stage's input: the chunks, or the final results of every shard of its inputs."""
+def _stage_records(
+    spec: TaskOrchestrationSpec, stage: Stage, run_uri: str, shard: int, shard_count: int
+) -> Iterator[InputRecord]:
+    """The stage's input, streamed: the chunks, or the final results of every shard of its inputs
+    (once they are within their stages' error budgets). A map shard reads its share only."""
     sources = spec.stage_inputs()[stage.stage_name]
+    share = stage.mode == "map" and shard_count > 1
     if not sources:
-        return list(read_records(f"{run_uri.rstrip('/')}/etl", "chunks"))
-    records: list[InputRecord] = []
+        records: Iterable[InputRecord] = read_records(f"{run_uri.rstrip('/')}/etl", "chunks")
+        yield from (r for i, r in enumerate(records) if not share or i % shard_count == shard)
+        return
     for source in sources:
-        for uri in shard_datasets(run_uri, source):
-            records.extend(read_records(uri, "results"))
-    return records
+        uris = shard_datasets(run_uri, source)
+        check_stage_budget(spec, source, uris)
+        for i, uri in enumerate(uris):
+            if not share or i % shard_count == shard:
+                yield from read_records(uri, "results")
+
+
+def check_stage_budget(spec: TaskOrchestrationSpec, stage_name: str, uris: list[str]) -> None:
+    """A stage's results are used only within its error budget, counted over all its shards."""
+    summaries = [read_manifest(uri)["summary"] for uri in uris]
+    where = uris[0].rsplit("/", 1)[0] if uris else stage_name
+    check_error_budget(stage_name, spec.error_budget_percent, summaries, where)
 
 
 def shard_datasets(run_uri: str, stage: str) -> list[str]:
@@ -230,9 +244,8 @@ def stage(target: str, workflow: str, stage_name: str, shard: int = 0, shard_cou
             f"no stage {stage_name!r} in the task; stages are {[s.stage_name for s in task.pipeline]}"
         )
     stage_spec = _stage_spec(received, st)
-    records = _stage_records(task, st, run)
-    if st.mode == "map" and shard_count > 1:
-        records = [r for i, r in enumerate(records) if i % shard_count == shard]
+    stage_spec.cache_scope = f"{stage_name}/shard-{shard}-of-{shard_count}"
+    records = _stage_records(task, st, run, shard, shard_count)
     host, hosts = ollama_host(), agent_hosts()
     wait = float(os.environ.get("AISTACK_MODEL_WAIT_SECONDS", "900"))
     everyone = [stage_spec.agent, *stage_spec.participants, *([stage_spec.judge] if stage_spec.judge else [])]
@@ -242,7 +255,9 @@ def stage(target: str, workflow: str, stage_name: str, shard: int = 0, shard_cou
         None if task.cache.policy == "Off" else (task.cache.uri or f"{task.output_target.rstrip('/')}/cache")
     )
     out = stage_uri(run, stage_name, shard)
-    options = AgentStepOptions(host=host, agent_hosts=hosts, cache_uri=cache_uri)
+    options = AgentStepOptions(
+        host=host, agent_hosts=hosts, cache_uri=cache_uri, refresh=task.cache.policy == "Refresh"
+    )
     outcome = run_agent_step(stage_spec, records, out, options)
     totals = outcome.totals()
     write_step_metrics(totals)
@@ -270,4 +285,6 @@ def publish(target: str, workflow: str) -> str:
     run = run_spec.run_uri(target, workflow)
     task = run_spec.load(run).task
     stages = {st.stage_name: shard_datasets(run, st.stage_name) for st in task.pipeline}
+    for name in task.final_stages():  # the others were checked by the stages that read them
+        check_stage_budget(task, name, stages[name])
     return publish_run(task, run, workflow, stages)

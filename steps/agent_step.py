@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-from aistack.etl.parquet_io import DatasetWriter, iter_table
-from aistack.etl.schemas import RESULTS
-from aistack.steps.model_client import ModelClient, ResultCache, RetryPolicy, concurrency_for
+from aistack.etl.parquet_io import iter_table
+from aistack.steps.agent_calls import ProgressFn
+from aistack.steps.model_client import ModelClient, RetryPolicy, concurrency_for
+from aistack.steps.result_cache import ResultCache
+from aistack.steps.result_parts import ResultParts
 from aistack.steps.roles import AgentConfig, is_no_answer
-from aistack.steps.stages import InputRecord, ProgressFn, StageFailedError, StageOutcome, StageSpec, run_stage
+from aistack.steps.stages import InputRecord, StageFailedError, StageOutcome, StageSpec, run_stage
 
 
 def read_records(uri: str, table: str) -> Iterator[InputRecord]:
@@ -37,6 +40,7 @@ class AgentStepOptions:
     host: str  # the model server of agents not in `agent_hosts`
     agent_hosts: dict[str, str] = field(default_factory=dict)  # agent name -> its model server
     cache_uri: str | None = None
+    refresh: bool = False  # the cache policy Refresh: answers are recomputed (and stored)
     concurrency: int | None = None  # default: concurrency_for(the agent's numParallel)
     timeout: float = 600.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -45,15 +49,17 @@ class AgentStepOptions:
 
 def run_agent_step(
     stage: StageSpec,
-    records: list[InputRecord] | Iterator[InputRecord],
+    records: Iterable[InputRecord],
     out_uri: str,
     options: AgentStepOptions,
     progress: ProgressFn | None = None,
 ) -> StageOutcome:
-    """Run `stage` and publish its rows at `out_uri`; raise StageFailedError past the budget."""
+    """Run `stage`, writing its rows at `out_uri` part by part as they come (a restarted step skips
+    the parts it wrote), then the manifest with the step's totals. Whether the errors are within
+    the stage's budget is for the stage's readers to check, over all its shards (check_error_budget)."""
 
     async def go() -> tuple[StageOutcome, dict[str, int]]:
-        cache = ResultCache(options.cache_uri) if options.cache_uri else None
+        cache = ResultCache(options.cache_uri, refresh=options.refresh) if options.cache_uri else None
         clients: dict[str, ModelClient] = {}
 
         def client_for(agent: AgentConfig) -> ModelClient:
@@ -69,24 +75,36 @@ def run_agent_step(
             return clients[host]
 
         try:
-            outcome = await run_stage(client_for, stage, records, progress)
+            outcome = await run_stage(client_for, stage, records, progress, sink=sink)
         finally:
             for client in clients.values():
                 await client.close()
         stats: Counter[str] = Counter()
         for client in clients.values():
             stats.update(client.stats)
+        if cache is not None:
+            stats.update({f"cache_{k}": v for k, v in cache.stats.items()})
         return outcome, dict(stats)
 
+    sink = ResultParts(out_uri)
     outcome, stats = asyncio.run(go())
-    dataset = DatasetWriter(out_uri)
-    results = dataset.table("results", RESULTS)
-    for row in outcome.rows:
-        results.append(row, len(row["response"] or ""))
-    dataset.publish({**options.summary, "stage": stage.name, **outcome.totals(), "client": stats})
-    if outcome.over_budget(stage.error_budget_percent):
-        raise StageFailedError(
-            f"stage {stage.name!r}: {outcome.errors} of {outcome.attempted} records failed, over the "
-            f"{stage.error_budget_percent}% error budget; results (with the errors) are at {out_uri}"
-        )
+    summary = {**options.summary, "stage": stage.name, "budget_percent": stage.error_budget_percent}
+    sink.publish({**summary, **outcome.totals(), "client": stats}, rows=outcome.attempted)
     return outcome
+
+
+def check_error_budget(stage: str, percent: float, summaries: list[dict[str, Any]], where: str) -> None:
+    """Fail past the stage's error budget, counted over every shard, naming the commonest causes."""
+    rows = sum(int(s.get("rows", 0)) for s in summaries)
+    errors = sum(int(s.get("errors", 0)) for s in summaries)
+    if errors * 100 <= percent * max(1, rows):
+        return
+    causes: Counter[str] = Counter()
+    for s in summaries:
+        for top in s.get("top_errors", []):
+            causes[top["error"]] += int(top["count"])
+    common = "; ".join(f"{n}x {e}" for e, n in causes.most_common(2))
+    raise StageFailedError(
+        f"stage {stage!r}: {errors} of {rows} records failed ({100 * errors / max(1, rows):.0f}%), over the "
+        f"{percent:g}% error budget; most common: {common}; the results, errors included, are at {where}"
+    )

@@ -11,6 +11,7 @@ concurrency, timeouts, retries and a result cache.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from collections import Counter
@@ -21,9 +22,8 @@ from typing import Any
 import httpx
 import ollama
 
-from aistack.etl.errors import StorageError
 from aistack.etl.schemas import content_hash
-from aistack.etl.storage import Storage, open_storage
+from aistack.steps.result_cache import ResultCache, Segment
 
 RETRYABLE_STATUS = frozenset({-1, 408, 429, 500, 502, 503, 504})
 
@@ -67,13 +67,13 @@ class CallResult:
     attempts: int = 1
     cached: bool = False
 
-    def to_json(self) -> bytes:
-        data = {k: v for k, v in self.__dict__.items() if k not in ("attempts", "cached")}
-        return json.dumps(data, sort_keys=True).encode()
+    def entry(self) -> dict[str, Any]:
+        """What the cache keeps of it."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("attempts", "cached")}
 
     @classmethod
-    def from_json(cls, raw: bytes) -> CallResult:
-        return cls(**json.loads(raw), attempts=0, cached=True)
+    def from_entry(cls, entry: dict[str, Any]) -> CallResult:
+        return cls(**entry, attempts=0, cached=True)
 
 
 @dataclass(frozen=True)
@@ -88,37 +88,11 @@ class ModelInfo:
     stand_in: bool = False
 
 
-class ResultCache:
-    """Call results as small JSON objects under a storage URI (local or s3://)."""
-
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-        self.storage: Storage = open_storage(uri)
-
-    @staticmethod
-    def key(digest: str, prompt_hash: str, options: dict[str, Any], input_hash: str, fmt: Any) -> str:
-        return content_hash(
-            digest,
-            prompt_hash,
-            json.dumps(options, sort_keys=True),
-            input_hash,
-            json.dumps(fmt, sort_keys=True),
-        )
-
-    def _path(self, key: str) -> str:
-        return f"{key[:2]}/{key}.json"
-
-    def get(self, key: str) -> CallResult | None:
-        path = self._path(key)
-        try:
-            if not self.storage.exists(path):
-                return None
-            return CallResult.from_json(self.storage.read_bytes(path))
-        except (StorageError, ValueError, TypeError):
-            return None  # an unreadable entry is a miss, recomputed and overwritten
-
-    def put(self, key: str, result: CallResult) -> None:
-        self.storage.write_bytes(self._path(key), result.to_json())
+def cache_key(digest: str, prompt_hash: str, options: dict[str, Any], input_hash: str, fmt: Any) -> str:
+    """What a cached answer stands for: the model that answers, the prompt, options, input, format."""
+    return content_hash(
+        digest, prompt_hash, json.dumps(options, sort_keys=True), input_hash, json.dumps(fmt, sort_keys=True)
+    )
 
 
 @dataclass
@@ -138,10 +112,29 @@ class ModelClient:
         self._rng = random.Random(self.seed)
         self._inflight: dict[str, asyncio.Future[CallResult]] = {}
         self._models: dict[str, ModelInfo] = {}
+        self._segment: Segment | None = None
         self.stats: Counter[str] = Counter()
 
     async def close(self) -> None:
+        if self._segment is not None:  # calls made outside any part's segment
+            await asyncio.to_thread(self._segment.save)
+            self._segment = None
         await self._client._client.aclose()
+
+    @contextlib.asynccontextmanager
+    async def segment(self, scope: str, index: int) -> AsyncIterator[None]:
+        """Calls made inside look their answers up in (and add them to) this cache segment: one read
+        before, one write after, however many calls."""
+        if self.cache is None:
+            yield
+            return
+        previous = self._segment
+        self._segment = await asyncio.to_thread(self.cache.segment, scope, index)
+        try:
+            yield
+        finally:
+            segment, self._segment = self._segment, previous
+            await asyncio.to_thread(segment.save)
 
     def _describe(self, exc: BaseException) -> str:
         if isinstance(exc, ollama.ResponseError):
@@ -233,14 +226,18 @@ class ModelClient:
         """One chat call through the cache; retried; concurrent identical calls are merged."""
         options = options or {}
         key = None
+        segment: Segment | None = None
         if self.cache is not None:
             info = await self.model_info(model)
-            key = ResultCache.key(
+            key = cache_key(
                 info.digest, prompt_hash, options, input_hash or content_hash(json.dumps(messages)), fmt
             )
-            if (hit := await asyncio.to_thread(self.cache.get, key)) is not None:
+            if self._segment is None:  # a call outside any part: one segment for the client's lifetime
+                self._segment = await asyncio.to_thread(self.cache.segment, "calls", 0)
+            segment = self._segment
+            if (hit := segment.get(key)) is not None:
                 self.stats["cache_hits"] += 1
-                return hit
+                return CallResult.from_entry(hit)
             if key in self._inflight:
                 self.stats["merged"] += 1
                 return await asyncio.shield(self._inflight[key])
@@ -248,8 +245,8 @@ class ModelClient:
             self._inflight[key] = future
         try:
             result = await self._call(model, messages, options, fmt, keep_alive)
-            if key is not None and self.cache is not None:
-                await asyncio.to_thread(self.cache.put, key, result)
+            if key is not None and segment is not None:
+                segment.put(key, result.entry())
                 future.set_result(result)
             return result
         except BaseException as exc:

@@ -2,186 +2,164 @@
 (agents take turns over a shared transcript, optionally closed by a judge).
 
 A stage turns input records into `results` rows (etl.schemas.RESULTS). One record that fails
-becomes an error row (a dead letter) and the stage goes on; the stage fails only when the
-errors exceed its budget, and even then every row it produced is returned.
+becomes an error row (a dead letter) and the stage goes on. Input streams in, and work goes in
+parts of PART_ROWS items: each part's answers come from (and go to) one result-cache segment,
+and its rows go to a `ResultParts` sink as soon as the part is done, so memory holds one part
+whatever the input's size, and a restarted step skips the parts it already wrote. Without a sink
+(tests, the gateway) the rows stay in `StageOutcome.rows`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Callable, Iterable
+import contextlib
+import itertools
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aistack.etl.encodings import load_encoding
 from aistack.etl.schemas import content_hash
-from aistack.steps.model_client import CallResult, ModelCallError, ModelClient, ModelInfo
-from aistack.steps.roles import AgentConfig, StageSettings, role
+from aistack.steps.agent_calls import (
+    DEFAULT_CONTEXT,
+    ClientFor,
+    InputRecord,
+    ProgressFn,
+    StageSpec,
+    call_agent,
+    client_resolver,
+    context_tokens,
+    result_row,
+)
+from aistack.steps.model_client import ModelClient
+from aistack.steps.result_parts import PART_ROWS, PartTotals, ResultParts
+from aistack.steps.roles import role
 
-# Ollama's default num_ctx (below 24 GiB of VRAM): what a model gets unless the agent pins
-# contextTokens, whatever it was trained for (/api/show reports the trained length)
-DEFAULT_CONTEXT = 4096
-# budgets are counted with cl100k_base; the model's own tokenizer may need more tokens for the
-# same text, so only this share of its context is planned for
-TOKENIZER_MARGIN = 0.8
-# a JSON answer needs room: llama.cpp ignores the grammar below ~12 tokens, and a cut-off JSON
-# object is invalid (measured on SmolLM2-135M)
-JSON_MIN_PREDICT = 128
-
-
-@dataclass(frozen=True)
-class InputRecord:
-    id: str
-    text: str
-
-
-@dataclass
-class StageSpec:
-    name: str
-    mode: str  # map | reduce | chat
-    agent: AgentConfig
-    settings: StageSettings = field(default_factory=StageSettings)
-    participants: list[AgentConfig] = field(default_factory=list)  # chat: others taking turns
-    judge: AgentConfig | None = None
-    rounds: int = 1
-    error_budget_percent: float = 5.0
-    contract_retries: int = 2  # re-asks after output that breaks the role's contract
+__all__ = [
+    "DEFAULT_CONTEXT",
+    "ConvergenceError",
+    "InputRecord",
+    "StageFailedError",
+    "StageOutcome",
+    "StageSpec",
+    "call_agent",
+    "run_stage",
+]
+T = TypeVar("T")
+TOP_ERRORS = 3  # distinct error messages a stage's summary keeps, most frequent first
 
 
 class StageFailedError(Exception):
     """More records failed than the stage's error budget allows."""
 
 
+class ConvergenceError(StageFailedError, ValueError):
+    """A reduce whose answers each fill a call alone: another level would not combine anything."""
+
+
 @dataclass
 class StageOutcome:
+    """What a stage did: running totals (always) and the rows themselves (only without a sink)."""
+
     rows: list[dict[str, Any]] = field(default_factory=list)
-    attempted: int = 0
-    errors: int = 0
+    totals_so_far: PartTotals = field(default_factory=PartTotals)
+    error_messages: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def attempted(self) -> int:
+        return self.totals_so_far.rows
+
+    @property
+    def errors(self) -> int:
+        return self.totals_so_far.errors
 
     @property
     def final(self) -> list[dict[str, Any]]:
         return [r for r in self.rows if r["final"] and r["error"] is None]
 
-    def totals(self) -> dict[str, int]:
+    def count(self, rows: list[dict[str, Any]]) -> None:
+        t = self.totals_so_far
+        for r in rows:
+            t.rows += 1
+            t.cached += r["cached"]
+            t.prompt_tokens += r["prompt_tokens"]
+            t.eval_tokens += r["eval_tokens"]
+            t.call_ns += 0 if r["cached"] else r["total_duration_ns"]
+            if r["error"] is not None:
+                t.errors += 1
+                self.error_messages[r["error"][:300]] += 1
+
+    def count_done(self, done: PartTotals) -> None:
+        t = self.totals_so_far
+        for name in ("rows", "errors", "cached", "prompt_tokens", "eval_tokens", "call_ns"):
+            setattr(t, name, getattr(t, name) + getattr(done, name))
+
+    def totals(self) -> dict[str, Any]:
+        t = self.totals_so_far
         return {
-            "rows": len(self.rows),
-            "errors": self.errors,
-            "cached": sum(r["cached"] for r in self.rows),
-            "prompt_tokens": sum(r["prompt_tokens"] for r in self.rows),
-            "eval_tokens": sum(r["eval_tokens"] for r in self.rows),
-            # model time of the calls made in this run (cached rows cost none)
-            "call_ns": sum(r["total_duration_ns"] for r in self.rows if not r["cached"]),
+            "rows": t.rows,
+            "errors": t.errors,
+            "cached": t.cached,
+            "prompt_tokens": t.prompt_tokens,
+            "eval_tokens": t.eval_tokens,
+            "call_ns": t.call_ns,  # model time of the calls made in this run (cached rows cost none)
+            "top_errors": [{"count": n, "error": e} for e, n in self.error_messages.most_common(TOP_ERRORS)],
         }
 
     def over_budget(self, percent: float) -> bool:
         return self.errors * 100 > percent * max(1, self.attempted)
 
 
-ProgressFn = Callable[[int], None]
-# the client that reaches an agent's model server (agents of one stage may live on several hosts)
-ClientFor = Callable[[AgentConfig], ModelClient]
+def _parts(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
+    while part := list(itertools.islice(iterator, size)):
+        yield part
 
 
-def client_resolver(clients: ModelClient | ClientFor) -> ClientFor:
-    return (lambda _agent: clients) if isinstance(clients, ModelClient) else clients
-
-
-def context_tokens(agent: AgentConfig, info: ModelInfo) -> int:
-    """The tokens a call to this agent may plan for: its pinned num_ctx, else Ollama's default
-    num_ctx (never more than the model was trained for), less the tokenizer margin."""
-    window = agent.context_tokens or min(info.context_length or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
-    return int(window * TOKENIZER_MARGIN)
-
-
-def _json_options(options: dict[str, Any]) -> dict[str, Any]:
-    """A JSON contract's options: num_predict, when bounded, never below the floor."""
-    predict = options.get("num_predict")
-    if isinstance(predict, int) and 0 < predict < JSON_MIN_PREDICT:
-        return {**options, "num_predict": JSON_MIN_PREDICT}
-    return options
-
-
-async def call_agent(
+async def _run_in_parts(
+    items: Iterable[T],
+    call: Callable[[T], Awaitable[dict[str, Any]]],
+    *,
+    group: str,
     client: ModelClient,
-    agent: AgentConfig,
-    settings: StageSettings,
-    text: str,
-    transcript: list[dict[str, str]] | None,
-    contract_retries: int,
-) -> tuple[CallResult | None, str | None, int]:
-    """Call an agent and enforce its role's contract: (result, error, attempts)."""
-    r = role(agent.role)
-    messages = r.messages(text, settings, transcript)
-    schema = r.output_schema(settings)
-    prompt_hash = r.template_hash(settings)
-    options = agent.options if schema is None else _json_options(agent.options)
-    attempts = 0
-    for _ in range(contract_retries + 1):
-        try:
-            result = await client.chat(
-                agent.model,
-                messages,
-                options=options,
-                fmt=schema,
-                keep_alive=agent.keep_alive,
-                prompt_hash=prompt_hash,
-                input_hash=content_hash(json.dumps(messages[1:], sort_keys=True)),
-            )
-        except ModelCallError as exc:
-            return None, str(exc), attempts + exc.attempts
-        attempts += result.attempts
-        _, problem = r.check(result.content, settings)
-        if schema is not None and result.done_reason == "length":
-            # cut off at num_predict: even if it parses, the model did not finish its answer
-            problem = "the answer was cut off at the num_predict limit (done_reason: length)"
-            if isinstance(options.get("num_predict"), int) and options["num_predict"] > 0:
-                options = {**options, "num_predict": options["num_predict"] * 2}
-        if problem is None:
-            return result, None, attempts
-        # ask again, showing the model what was wrong
-        messages = [
-            *messages,
-            {"role": "assistant", "content": result.content},
-            {
-                "role": "user",
-                "content": f"That answer is invalid: {problem}. Answer again, following the output contract.",
-            },
-        ]
-    return None, f"output contract violated after {contract_retries + 1} tries: {problem}", attempts
+    stage: StageSpec,
+    outcome: StageOutcome,
+    sink: ResultParts | None,
+    progress: ProgressFn | None,
+) -> list[dict[str, Any]]:
+    """Run `call` on every item, a part at a time, at most the client's concurrency (times 4, to
+    keep the server's queue full) in flight; returns the rows of the last part (for a reduce's
+    final row). Parts a previous attempt wrote are skipped."""
+    done = sink.done(group) if sink is not None else {}
+    last: list[dict[str, Any]] = []
+    window = asyncio.Semaphore(max(1, client.concurrency) * 4)  # bounds memory, not the server
 
+    async def one(item: T) -> dict[str, Any]:
+        async with window:
+            try:
+                return await call(item)
+            finally:
+                if progress:
+                    progress(1)
 
-def _row(
-    stage: StageSpec, agent: AgentConfig, result_id: str, inputs: list[str], level: int, info: ModelInfo,
-    result: CallResult | None, error: str | None, attempts: int, final: bool,
-) -> dict[str, Any]:  # fmt: skip
-    r = role(agent.role)
-    res = result or CallResult(content="")
-    return {
-        "result_id": result_id,
-        "input_ids": inputs,
-        "stage": stage.name,
-        "mode": stage.mode,
-        "level": level,
-        "agent": agent.name,
-        "model": agent.model,
-        "served_model": info.served_model or agent.model,
-        "engine": info.engine,
-        "model_digest": info.digest,
-        "role": r.name,
-        "prompt_hash": r.template_hash(stage.settings),
-        "response": None if error else res.content,
-        "prompt_tokens": res.prompt_tokens,
-        "eval_tokens": res.eval_tokens,
-        "total_duration_ns": res.total_duration_ns,
-        "load_duration_ns": res.load_duration_ns,
-        "prompt_eval_duration_ns": res.prompt_eval_duration_ns,
-        "eval_duration_ns": res.eval_duration_ns,
-        "attempts": attempts,
-        "cached": bool(result and result.cached),
-        "final": final,
-        "error": error,
-    }
+    for index, part in enumerate(_parts(items, PART_ROWS)):
+        if index in done:
+            outcome.count_done(done[index])
+            last = []
+            if progress:
+                progress(len(part))
+            continue
+
+        async with client.segment(f"{stage.cache_scope or stage.name}/{group}", index):
+            rows = list(await asyncio.gather(*(one(item) for item in part)))
+        outcome.count(rows)
+        if sink is not None:
+            sink.write(group, index, rows)
+        else:
+            outcome.rows += rows
+        last = rows
+    return last
 
 
 async def run_map(
@@ -189,51 +167,46 @@ async def run_map(
     stage: StageSpec,
     records: Iterable[InputRecord],
     progress: ProgressFn | None = None,
+    sink: ResultParts | None = None,
 ) -> StageOutcome:
-    """One call per record, at most `client.concurrency` in flight, rows in input order."""
+    """One call per record, rows in input order."""
     client = client_resolver(clients)(stage.agent)
     info = await client.model_info(stage.agent.model)
     outcome = StageOutcome()
-    window = asyncio.Semaphore(max(1, client.concurrency) * 4)  # bounds memory, not the server
 
     async def one(record: InputRecord) -> dict[str, Any]:
-        try:
-            result, error, attempts = await call_agent(
-                client, stage.agent, stage.settings, record.text, None, stage.contract_retries
-            )
-            rid = content_hash("map", stage.name, record.id)
-            return _row(stage, stage.agent, rid, [record.id], 0, info, result, error, attempts, True)
-        finally:
-            window.release()
-            if progress:
-                progress(1)
+        result, error, attempts = await call_agent(
+            client, stage.agent, stage.settings, record.text, None, stage.contract_retries
+        )
+        rid = content_hash("map", stage.name, record.id)
+        return result_row(stage, stage.agent, rid, [record.id], 0, info, result, error, attempts, True)
 
-    tasks = []
-    for record in records:
-        await window.acquire()
-        tasks.append(asyncio.create_task(one(record)))
-    outcome.rows = list(await asyncio.gather(*tasks))
-    outcome.attempted = len(outcome.rows)
-    outcome.errors = sum(r["error"] is not None for r in outcome.rows)
+    await _run_in_parts(
+        records, one, group="map", client=client, stage=stage, outcome=outcome, sink=sink, progress=progress
+    )
     return outcome
 
 
-def _groups(records: list[InputRecord], budget: int) -> list[list[InputRecord]]:
+def _counting(records: Iterable[InputRecord], counted: dict[str, int]) -> Iterator[InputRecord]:
+    for rec in records:
+        counted["in"] += 1
+        yield rec
+
+
+def _groups(records: Iterable[InputRecord], budget: int) -> Iterator[list[InputRecord]]:
     """Consecutive records whose joined text fits `budget` tokens (a record alone may not)."""
     enc = load_encoding()
-    groups: list[list[InputRecord]] = []
     current: list[InputRecord] = []
     used = 0
     for rec in records:
         tokens = len(enc.encode_ordinary(rec.text)) + 2
         if current and used + tokens > budget:
-            groups.append(current)
+            yield current
             current, used = [], 0
         current.append(rec)
         used += tokens
     if current:
-        groups.append(current)
-    return groups
+        yield current
 
 
 async def run_reduce(
@@ -241,49 +214,77 @@ async def run_reduce(
     stage: StageSpec,
     records: Iterable[InputRecord],
     progress: ProgressFn | None = None,
+    sink: ResultParts | None = None,
 ) -> StageOutcome:
-    """Combine records level by level, each call within the model's context, until one remains."""
+    """Combine records level by level, each call within the model's context, until one remains.
+    Each level streams from the one before: its rows are spilled (to the sink, or kept), then read
+    back as the next level's input, so memory holds one group and one part."""
     client = client_resolver(clients)(stage.agent)
     info = await client.model_info(stage.agent.model)
     r = role(stage.agent.role)
-    context = context_tokens(stage.agent, info)
-    budget = max(64, context - r.overhead_tokens(stage.settings) - r.answer_tokens)
+    budget = max(64, context_tokens(stage.agent, info) - r.overhead_tokens(stage.settings) - r.answer_tokens)
     outcome = StageOutcome()
-    current = list(records)
+    current: Iterable[InputRecord] = records
     level = 0
-    while len(current) > 1 or (level == 0 and current):
-        groups = _groups(current, budget)
-        if level > 0 and len(groups) == len(current):
-            # every answer alone fills a call: another level would only rewrite them one by one
-            raise StageFailedError(
-                f"stage {stage.name!r}: reduce cannot converge at level {level + 1}: each of the "
-                f"{len(current)} answers fills the {budget}-token budget of a call alone; raise the "
-                "agent's contextTokens or lower its NUM_PREDICT"
-            )
+    while True:
         level += 1
-        last_level = len(groups) == 1
+        group = f"level-{level}"
+        counted = {"in": 0}
 
-        async def combine(
-            group: list[InputRecord], level: int = level, last: bool = last_level
-        ) -> dict[str, Any]:
-            text = "\n\n".join(g.text for g in group)
+        async def combine(items: list[InputRecord], level: int = level) -> dict[str, Any]:
+            text = "\n\n".join(g.text for g in items)
             result, error, attempts = await call_agent(
                 client, stage.agent, stage.settings, text, None, stage.contract_retries
             )
-            ids = [g.id for g in group]
+            ids = [g.id for g in items]
             rid = content_hash("reduce", stage.name, str(level), *ids)
-            if progress:
-                progress(1)
-            return _row(stage, stage.agent, rid, ids, level, info, result, error, attempts, last)
+            return result_row(stage, stage.agent, rid, ids, level, info, result, error, attempts, False)
 
-        rows = list(await asyncio.gather(*(combine(g) for g in groups)))
-        outcome.rows += rows
-        outcome.attempted += len(rows)
-        outcome.errors += sum(row["error"] is not None for row in rows)
-        current = [InputRecord(row["result_id"], row["response"]) for row in rows if row["error"] is None]
-        if last_level:
-            break
-    return outcome
+        before = outcome.attempted
+        last = await _run_in_parts(
+            _groups(_counting(current, counted), budget),
+            combine,
+            group=group,
+            client=client,
+            stage=stage,
+            outcome=outcome,
+            sink=sink,
+            progress=progress,
+        )
+        produced = outcome.attempted - before
+        if produced <= 1:  # one call combined everything (or nothing was left): that row is the answer
+            _mark_final(group, last, outcome, sink, produced)
+            return outcome
+        if level > 1 and produced == counted["in"]:
+            raise ConvergenceError(
+                f"stage {stage.name!r}: reduce cannot converge at level {level}: each of the {produced} "
+                f"answers fills the {budget}-token budget of a call alone; raise the agent's contextTokens "
+                "or lower its NUM_PREDICT"
+            )
+        current = _level_output(group, outcome, sink, produced)
+
+
+def _level_output(
+    group: str, outcome: StageOutcome, sink: ResultParts | None, produced: int
+) -> Iterator[InputRecord]:
+    rows: Iterable[dict[str, Any]] = sink.rows(group) if sink is not None else outcome.rows[-produced:]
+    for row in rows:
+        if row["error"] is None:
+            yield InputRecord(row["result_id"], row["response"])
+
+
+def _mark_final(
+    group: str, last: list[dict[str, Any]], outcome: StageOutcome, sink: ResultParts | None, produced: int
+) -> None:
+    """The single row of the last level is the stage's answer (its part is rewritten so)."""
+    if produced != 1:
+        return
+    if sink is None:
+        outcome.rows[-1]["final"] = True
+        return
+    rows = last or sink.read(group, 0).to_pylist()  # a resumed step: the part is already written
+    rows[-1]["final"] = True
+    sink.write(group, 0, rows)
 
 
 async def run_chat(
@@ -291,48 +292,53 @@ async def run_chat(
     stage: StageSpec,
     records: Iterable[InputRecord],
     progress: ProgressFn | None = None,
+    sink: ResultParts | None = None,
 ) -> StageOutcome:
-    """Agents take turns for `rounds` rounds over one transcript; a judge may close it."""
+    """Agents take turns for `rounds` rounds over one transcript; a judge may close it. The input
+    is read only until half the smallest context window is filled: the transcript needs the rest."""
     client_for = client_resolver(clients)
     speakers = [stage.agent, *stage.participants]
     everyone = [*speakers, *([stage.judge] if stage.judge else [])]
     infos = {a.name: await client_for(a).model_info(a.model) for a in everyone}
-    inputs = list(records)
     enc = load_encoding()
-    window = min(context_tokens(a, infos[a.name]) for a in everyone)
-    tokens = enc.encode_ordinary("\n\n".join(rec.text for rec in inputs))
-    context = enc.decode(tokens[: max(256, window // 2)])  # half the window for the transcript
-    ids = [rec.id for rec in inputs]
+    window = max(256, min(context_tokens(a, infos[a.name]) for a in everyone) // 2)
+    tokens: list[int] = []
+    ids: list[str] = []
+    for rec in records:
+        ids.append(rec.id)
+        tokens += enc.encode_ordinary(("\n\n" if tokens else "") + rec.text)
+        if len(tokens) >= window:
+            break
+    context = enc.decode(tokens[:window])
     transcript: list[dict[str, str]] = []
     outcome = StageOutcome()
-    turn = 0
-    closing = stage.judge
-    for _ in range(stage.rounds):
-        for agent in speakers:
-            turn += 1
+    rows: list[dict[str, Any]] = []
+    turns = [
+        *(agent for _ in range(stage.rounds) for agent in speakers),
+        *([stage.judge] if stage.judge else []),
+    ]
+    async with contextlib.AsyncExitStack() as segments:
+        distinct = {id(c): c for c in (client_for(a) for a in everyone)}
+        for c in distinct.values():  # one cache segment per model server
+            await segments.enter_async_context(c.segment(f"{stage.cache_scope or stage.name}/chat", 0))
+        for turn, agent in enumerate(turns, start=1):
             result, error, attempts = await call_agent(
                 client_for(agent), agent, stage.settings, context, transcript, stage.contract_retries
             )
-            final = closing is None and turn == stage.rounds * len(speakers)
             rid = content_hash("chat", stage.name, str(turn), agent.name, *ids)
-            info = infos[agent.name]
-            outcome.rows.append(_row(stage, agent, rid, ids, turn, info, result, error, attempts, final))
+            row = result_row(
+                stage, agent, rid, ids, turn, infos[agent.name], result, error, attempts, turn == len(turns)
+            )
+            rows.append(row)
             if result is not None and error is None:
                 transcript.append({"speaker": agent.name, "content": result.content})
             if progress:
                 progress(1)
-    if closing is not None:
-        turn += 1
-        result, error, attempts = await call_agent(
-            client_for(closing), closing, stage.settings, context, transcript, stage.contract_retries
-        )
-        rid = content_hash("chat", stage.name, str(turn), closing.name, *ids)
-        info = infos[closing.name]
-        outcome.rows.append(_row(stage, closing, rid, ids, turn, info, result, error, attempts, True))
-        if progress:
-            progress(1)
-    outcome.attempted = len(outcome.rows)
-    outcome.errors = sum(r["error"] is not None for r in outcome.rows)
+    outcome.count(rows)
+    if sink is not None:
+        sink.write("chat", 0, rows)
+    else:
+        outcome.rows = rows
     return outcome
 
 
@@ -344,6 +350,7 @@ async def run_stage(
     stage: StageSpec,
     records: Iterable[InputRecord],
     progress: ProgressFn | None = None,
+    sink: ResultParts | None = None,
 ) -> StageOutcome:
     try:
         runner = MODES[stage.mode]
@@ -351,4 +358,4 @@ async def run_stage(
         raise ValueError(
             f"stage {stage.name!r}: unknown mode {stage.mode!r}; modes are {sorted(MODES)}"
         ) from None
-    return await runner(clients, stage, records, progress)
+    return await runner(clients, stage, records, progress, sink)

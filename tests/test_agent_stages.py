@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from aistack.etl.parquet_io import read_table
+from aistack.etl.parquet_io import read_manifest, read_table
 from aistack.steps import extractive
-from aistack.steps.agent_step import AgentStepOptions, run_agent_step
+from aistack.steps.agent_step import AgentStepOptions, check_error_budget, run_agent_step
 from aistack.steps.model_client import ModelCallError, ModelClient, ResultCache, RetryPolicy
 from aistack.steps.model_server import EmbeddedModelServer, Faults
 from aistack.steps.roles import AgentConfig, StageSettings
@@ -190,16 +190,25 @@ def test_contract_violations_are_retried_then_dead_lettered() -> None:
     assert all("zip" in r["error"] for r in outcome.rows)
 
 
-def test_error_budget_fails_the_stage_but_keeps_every_row(tmp_path: Path) -> None:
+def test_error_budget_counts_every_shard_and_names_the_cause(tmp_path: Path) -> None:
+    """Each shard publishes all its rows, failed ones included; the budget is checked over every
+    shard of the stage, and the message gives the overall counts and the commonest cause."""
     stage = StageSpec("answer", "map", QNA, StageSettings(question="Who?"), error_budget_percent=5)
-    out = (tmp_path / "results").as_uri()
+    shards = [(tmp_path / f"shard-{i}").as_uri() for i in range(2)]
     with EmbeddedModelServer(
         models=["llama3"], stand_in_engine="extractive", faults=Faults(error_rate=0.5, seed=1)
     ) as server:
         options = AgentStepOptions(host=server.url, retry=RetryPolicy(attempts=1))
-        with pytest.raises(StageFailedError, match=r"records failed, over the 5(\.0)?% error budget"):
-            run_agent_step(stage, records(20), out, options)
-    table = read_table(out, "results").to_pylist()
-    assert len(table) == 20, "every record has a row, failed ones included"
-    failed = [r for r in table if r["error"]]
+        outcomes = [run_agent_step(stage, records(20)[i::2], uri, options) for i, uri in enumerate(shards)]
+    tables = [read_table(uri, "results").to_pylist() for uri in shards]
+    assert [len(t) for t in tables] == [10, 10], "every record has a row, failed ones included"
+    failed = [r for t in tables for r in t if r["error"]]
     assert failed and all("HTTP 50" in r["error"] and r["response"] is None for r in failed)
+    assert sum(o.errors for o in outcomes) == len(failed)
+    summaries = [read_manifest(uri)["summary"] for uri in shards]
+    with pytest.raises(StageFailedError) as err:
+        check_error_budget("answer", 5, summaries, str(tmp_path))
+    message = str(err.value)
+    assert f"stage 'answer': {len(failed)} of 20 records failed" in message
+    assert "over the 5% error budget; most common: " in message and "HTTP 50" in message
+    check_error_budget("answer", 100, summaries, str(tmp_path))  # within a 100% budget: no error

@@ -1,6 +1,5 @@
-"""What compiled fields mean on Argo (v4.1: workflow/controller/operator.go, dag.go, the field docs
-in ../shared/schemas/argo when present), read from the compiled objects, not from aistack's local
-runner. docs/argo-mapping.md has the table these tests hold the compiler to."""
+"""What compiled fields mean on Argo (v4.1: workflow/controller/operator.go, dag.go, and Argo's field
+docs in its JSON schema), read from the compiled objects, not from aistack's local runner. docs/argo-mapping.md has the table these tests hold the compiler to."""
 
 from __future__ import annotations
 
