@@ -22,7 +22,7 @@ from aistack.etl.parquet_io import MANIFEST, MANIFEST_FORMAT
 from aistack.etl.schemas import RESULTS
 from aistack.etl.storage import open_storage
 
-PART_ROWS = 1024  # work items per part: also the unit of the result cache's segments
+PART_ROWS = 2048  # work items per part (about 4 MB of rows): also the unit of the result cache's segments
 TOTAL_COLUMNS = ["error", "cached", "prompt_tokens", "eval_tokens", "total_duration_ns"]
 
 
