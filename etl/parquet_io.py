@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import math
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -60,14 +61,26 @@ class TableWriter:
             self.flush()
 
     def extend(self, columns: dict[str, list[Any]], size_hint: int = 0) -> None:
-        """Append many rows given as columns (each list as long as the others)."""
+        """Append many rows given as columns (each list as long as the others).
+
+        The rows are spread over row groups as they fill (a long document's many chunks do
+        not make one oversized group), taking `size_hint / rows` as each row's size.
+        """
         rows = len(next(iter(columns.values())))
-        for key, column in self._buffer.items():
-            column.extend(columns[key])
-        self._buffered_rows += rows
-        self._buffered_bytes += size_hint
-        if self._buffered_rows >= ROW_GROUP_ROWS or self._buffered_bytes >= self.row_group_bytes:
-            self.flush()
+        per_row = size_hint / rows if rows else 0.0
+        start = 0
+        while start < rows:
+            take = min(rows - start, ROW_GROUP_ROWS - self._buffered_rows)
+            if per_row:
+                take = min(take, max(1, math.ceil((self.row_group_bytes - self._buffered_bytes) / per_row)))
+            whole = start == 0 and take == rows
+            for key, column in self._buffer.items():
+                column.extend(columns[key] if whole else columns[key][start : start + take])
+            self._buffered_rows += take
+            self._buffered_bytes += size_hint if whole else round(per_row * take)
+            start += take
+            if self._buffered_rows >= ROW_GROUP_ROWS or self._buffered_bytes >= self.row_group_bytes:
+                self.flush()
 
     def flush(self) -> None:
         if not self._buffered_rows:

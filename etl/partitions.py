@@ -222,7 +222,7 @@ class _Cutter:
     _next: int = 0  # the first target not placed yet
 
     def add(self, source: SourceFile) -> None:
-        size = source.obj.size
+        size = 0 if source.obj.problem is not None else source.obj.size  # not read: weighs nothing
         inside: list[float] = []
         while self._next < len(self.targets) and self.targets[self._next] < self.position + size:
             inside.append(self.targets[self._next] - self.position)
@@ -284,8 +284,9 @@ class _Cutter:
 
 def _item(source: SourceFile) -> PartitionItem:
     obj = source.obj
-    problem = None if obj.problem is None else (obj.problem.reason, str(obj.problem))
-    return PartitionItem(obj.key, obj.size, source.format, problem, bytes=obj.size)
+    if obj.problem is None:
+        return PartitionItem(obj.key, obj.size, source.format, bytes=obj.size)
+    return PartitionItem(obj.key, obj.size, source.format, (obj.problem.reason, str(obj.problem)), bytes=0)
 
 
 def _replace(item: PartitionItem, **changes: Any) -> PartitionItem:
@@ -338,7 +339,7 @@ def plan_partitions(
     sources = list_sources(source, confine)
     storage = sources[0].storage
     confine_root = storage.confine_root if isinstance(storage, LocalStorage) else None
-    total = sum(s.obj.size for s in sources)
+    total = sum(s.obj.size for s in sources if s.obj.problem is None)
     count = max(1, min(max_partitions, total // target_bytes))
     share = total / count
     cutter = _Cutter([share * k for k in range(1, count)], share * SNAP_FRACTION, loader)
