@@ -17,12 +17,14 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from aistack.etl.errors import EtlError, StorageError
+from aistack.etl.parquet_ranges import iter_row_group_batches
 from aistack.etl.storage import LocalStorage, Storage, open_storage
 
 MANIFEST = "_manifest.json"
@@ -211,23 +213,24 @@ def _table_files(uri: str, name: str) -> tuple[Storage, list[str]]:
 
 
 @contextlib.contextmanager
-def open_parquet(storage: Storage, key: str) -> Iterator[pq.ParquetFile]:
-    """A Parquet file of a dataset: a local path as it is; an S3 object through ranged reads,
-    so the footer and the column chunks asked for are all that is fetched."""
+def open_parquet(storage: Storage, key: str) -> Iterator[tuple[pq.ParquetFile, object]]:
+    """A Parquet file of a dataset and what it reads: a local path as it is; an S3 object
+    through ranged reads, so the footer and the column chunks asked for are all it fetches."""
     if isinstance(storage, LocalStorage):
         with storage.local_copy(key) as path:
-            yield pq.ParquetFile(path)
+            yield pq.ParquetFile(path), path
         return
     with storage.open_ranged(key) as fh:
-        yield pq.ParquetFile(fh)
+        yield pq.ParquetFile(fh), fh
 
 
 def iter_table(uri: str, name: str, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
     """Stream a published table's record batches (only `columns` are read)."""
     storage, files = _table_files(uri, name)
     for key in files:
-        with open_parquet(storage, key) as pf:
-            yield from pf.iter_batches(columns=columns)
+        with open_parquet(storage, key) as (pf, fh):
+            groups = range(pf.metadata.num_row_groups)
+            yield from (batch for _, batch in iter_row_group_batches(pf, fh, groups, columns))
 
 
 def read_table(uri: str, name: str, columns: list[str] | None = None) -> pa.Table:
@@ -235,8 +238,13 @@ def read_table(uri: str, name: str, columns: list[str] | None = None) -> pa.Tabl
     storage, files = _table_files(uri, name)
     parts = []
     for key in files:
-        with open_parquet(storage, key) as pf:
-            parts.append(pf.read(columns=columns))
+        with open_parquet(storage, key) as (pf, fh):
+            if isinstance(fh, Path):  # a local file: pyarrow reads it at its own pace
+                parts.append(pq.read_table(fh, columns=columns))
+                continue
+            groups = range(pf.metadata.num_row_groups)
+            batches = [batch for _, batch in iter_row_group_batches(pf, fh, groups, columns)]
+            parts.append(pa.Table.from_batches(batches) if batches else pf.read(columns=columns))
     return pa.concat_tables(parts)
 
 
@@ -246,7 +254,7 @@ def table_row_groups(uri: str, name: str) -> list[tuple[str, int, int]]:
     storage, files = _table_files(uri, name)
     groups: list[tuple[str, int, int]] = []
     for key in files:
-        with open_parquet(storage, key) as pf:
+        with open_parquet(storage, key) as (pf, _):
             meta = pf.metadata
             groups.extend((key, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups))
     return groups
@@ -268,12 +276,12 @@ def iter_row_groups(
     for key, group in itertools.groupby(slices, key=lambda s: s[0]):
         if key not in known:
             raise EtlError(f"{key!r} is not a file of table {table!r} of the dataset at {uri}")
-        with open_parquet(storage, key) as pf:
+        with open_parquet(storage, key) as (pf, fh):
             count = pf.metadata.num_row_groups
-            for piece in group:
-                index = piece[1]
+            indexes = [piece[1] for piece in group]
+            for index in indexes:
                 if not 0 <= index < count:
                     raise EtlError(
                         f"{storage.child(key)} has {count} row groups; there is no row group {index}"
                     )
-                yield from pf.iter_batches(row_groups=[index], columns=columns)
+            yield from (batch for _, batch in iter_row_group_batches(pf, fh, indexes, columns))

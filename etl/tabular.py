@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from aistack.etl.decoding import bom_codec, text_stream, too_large
+from aistack.etl.parquet_ranges import iter_row_group_batches
+from aistack.etl.ranged import RangedReader
 from aistack.etl.records import LoadedDocument, LoaderOptions, Record, Rejection, Skipped, SourceFile
 
 
@@ -82,6 +84,8 @@ def load_jsonl(
         head = fh.read(4)
         codec = bom_codec(head)
         if codec is None:
+            if isinstance(fh, RangedReader):
+                fh.limit_read_ahead(end)
             for offset, line in iter_lines(fh, start, end):
                 yield _line_record(line, f"{source.uri}#byte={offset}", options)
         elif start == 0:  # UTF-16/32 is not cut by bytes: the range at 0 reads it whole, others nothing
@@ -222,13 +226,14 @@ def load_parquet(
         row_start = [0]
         for g in range(meta.num_row_groups):
             row_start.append(row_start[-1] + meta.row_group(g).num_rows)
-        for g in groups:
-            row_no = row_start[g]
-            for batch in pf.iter_batches(batch_size=1024, row_groups=[g], columns=[name]):
-                for text in batch.column(0).to_pylist():
-                    row_no += 1
-                    where = _rows_source(source.uri, row_no)
-                    if text is None:
-                        yield Rejection(where, "load", "missing_field", f"{name!r} is null", 0)
-                        continue
-                    yield LoadedDocument(where, text, len(text.encode()), {"format": "parquet"})
+        current, row_no = -1, 0
+        for g, batch in iter_row_group_batches(pf, fh, groups, [name], batch_size=1024):
+            if g != current:
+                current, row_no = g, row_start[g]
+            for text in batch.column(0).to_pylist():
+                row_no += 1
+                where = _rows_source(source.uri, row_no)
+                if text is None:
+                    yield Rejection(where, "load", "missing_field", f"{name!r} is null", 0)
+                    continue
+                yield LoadedDocument(where, text, len(text.encode()), {"format": "parquet"})
