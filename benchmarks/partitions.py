@@ -2,7 +2,7 @@
 
 Every number is a ratio against a baseline measured in this process, on the same data:
 
-    python benchmarks/partitions.py [--objects 3000] [--mb 1024] [--shards 8] [--repeat 2]
+    python benchmarks/partitions.py [--objects 3000] [--mb 1024] [--shards 8,64] [--repeat 3]
 
 1. Planning on S3 (moto's server on 127.0.0.1): `plan_partitions` over `--objects` objects
    (and one Parquet object that a cut falls inside) against `list_sources` alone: time ratio,
@@ -11,9 +11,10 @@ Every number is a ratio against a baseline measured in this process, on the same
 2. Reading a JSONL object on S3 through ranged GETs (what the loaders now do) against
    downloading it first (what they did): time ratio, same records.
 3. Writing the `chunks` table of `--mb` MB of chunk text (made from the bundled docs) with
-   2 MB row groups against 8 MB ones (the bound every table had): write-time and size ratios.
+   2 MB row groups against 8 MB ones (the bound every table had): write-time and size ratios;
+   and `run_etl` end to end on `--etl-mb` MB of text with either bound.
 4. A map shard's read from S3: both tables published on the S3 server, their row groups cut
-   into `--shards` contiguous shards by rows, each shard read with `iter_row_groups` (columns
+   into each of `--shards` contiguous shards by rows, each shard read with `iter_row_groups` (columns
    `chunk_id` and `text`); the bytes GET returned for the largest shard, against its share of
    those columns and of the whole table (target <= 1.2x).
 """
@@ -102,7 +103,7 @@ def planning_on_s3(objects: int, repeat: int) -> None:
         )
         client.put_object(Bucket="bench-plan", Key=f"corpus/{i // 500:02d}/d{i:05d}.{ext}", Body=body)
     buf = io.BytesIO()
-    table = {"text": [f"row {i} " * 40 for i in range(200_000)]}
+    table = {"text": [os.urandom(64).hex() for _ in range(300_000)]}  # ~20 MB: a cut falls inside
     import pyarrow as pa
 
     pq.write_table(pa.table(table), buf, row_group_size=10_000)
@@ -124,8 +125,8 @@ def planning_on_s3(objects: int, repeat: int) -> None:
     print(f"   list_sources: {min(listing):.3f} s, requests {dict(list_ops)}")
     print(
         f"   plan_partitions: {min(planning):.3f} s = {min(planning) / min(listing):.2f}x the listing; "
-        f"requests {dict(plan_ops)}; bytes of bodies read {plan_bytes:,} "
-        f"(the Parquet object's footer; the object is {len(buf.getvalue()):,})"
+        f"requests {dict(plan_ops)}; body bytes read {plan_bytes:,} "
+        f"(the footer of the {len(buf.getvalue()):,}-byte Parquet object a cut falls inside)"
     )
     sizes = [p.bytes for p in plan]
     print(f"   partition sizes: min {min(sizes):,} max {max(sizes):,} ({max(sizes) / min(sizes):.2f}x)")
@@ -285,7 +286,7 @@ def shard_read(uri: str, shards: int, calls: Calls) -> tuple[float, float, int]:
     return worst / (column_bytes / shards), worst / (size / shards), len(groups)
 
 
-def row_groups(megabytes: int, shards: int, repeat: int) -> None:
+def row_groups(megabytes: int, shards: list[int], repeat: int, etl_mb: int) -> None:
     rows = chunk_rows(megabytes)
     text_mb = sum(map(len, rows["text"])) / 1e6
     results: dict[int, dict[str, Any]] = {}
@@ -307,34 +308,68 @@ def row_groups(megabytes: int, shards: int, repeat: int) -> None:
         ratio = new["seconds"] / old["seconds"]
         size_ratio = new["path"].stat().st_size / old["path"].stat().st_size
         print(f"   2 MB / 8 MB: write time {ratio:.2f}x, file size {size_ratio:.3f}x")
-        print(f"\n4. one map shard of {shards} reading {SHARD_COLUMNS} from S3 (iter_row_groups)")
+        etl_with_bounds(etl_mb, repeat)
         from aistack.etl.storage import s3_client
 
         client = s3_client()
         client.create_bucket(Bucket="bench-shards")
         calls = Calls(client)
         for name, r in (("8 MB row groups", old), ("2 MB row groups", new)):
-            uri = f"s3://bench-shards/{name.split()[0]}mb"
-            publish_on_s3(r["path"], uri)
-            of_columns, of_table, groups = shard_read(uri, shards, calls)
-            print(
-                f"   {name}: {groups} row groups; the largest shard fetches {of_columns:.3f}x its share of "
-                f"those columns, {of_table:.3f}x its share of the table (target <= 1.2x)"
-            )
+            r["uri"] = f"s3://bench-shards/{name.split()[0]}mb"
+            publish_on_s3(r["path"], r["uri"])
+        for count in shards:
+            print(f"\n4. one map shard of {count} reading {SHARD_COLUMNS} from S3 (iter_row_groups)")
+            for name, r in (("8 MB row groups", old), ("2 MB row groups", new)):
+                of_columns, of_table, groups = shard_read(r["uri"], count, calls)
+                print(
+                    f"   {name}: {groups} row groups; the largest shard fetches {of_columns:.3f}x its share "
+                    f"of those columns, {of_table:.3f}x its share of the table (target <= 1.2x)"
+                )
+
+
+def etl_with_bounds(megabytes: int, repeat: int) -> None:
+    """`run_etl` end to end with the chunks row groups bounded at 8 MB, then at 2 MB."""
+    from aistack.etl.job import EtlOptions, run_etl
+
+    text = bundled_text()
+    bounds = {"8 MB": parquet_io.ROW_GROUP_BYTES, "2 MB": parquet_io.TABLE_ROW_GROUP_BYTES["chunks"]}
+    best: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="aistack-bench-") as tmp:
+        src = Path(tmp) / "src"
+        src.mkdir()
+        size, i = 0, 0
+        while size < megabytes * 1e6:  # each copy varied, as in etl_throughput
+            doc = f"Copy {i}.\n\n" + "\n\n".join(f"{p} [{i}]" for p in text.split("\n\n"))
+            (src / f"doc{i:04d}.txt").write_text(doc)
+            size, i = size + len(doc.encode()), i + 1
+        try:
+            for attempt in range(repeat):
+                for name, bound in bounds.items():
+                    parquet_io.TABLE_ROW_GROUP_BYTES["chunks"] = bound
+                    t = time.perf_counter()
+                    run_etl(str(src), f"{tmp}/out-{name[0]}-{attempt}", EtlOptions())
+                    best[name] = min(best.get(name, float("inf")), time.perf_counter() - t)
+        finally:
+            parquet_io.TABLE_ROW_GROUP_BYTES["chunks"] = bounds["2 MB"]
+    print(
+        f"   run_etl of {size / 1e6:.0f} MB of text: {best['8 MB']:.2f} s with 8 MB chunks row groups, "
+        f"{best['2 MB']:.2f} s with 2 MB: {best['2 MB'] / best['8 MB']:.3f}x"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objects", type=int, default=3000, help="S3 objects to plan over")
     parser.add_argument("--mb", type=int, default=1024, help="MB of chunk text for the row-group measures")
-    parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--shards", default="8,64", help="shard counts, comma-separated")
+    parser.add_argument("--etl-mb", type=int, default=24, help="MB of text for run_etl with either bound")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     server = start_s3()
     try:
         planning_on_s3(args.objects, args.repeat)
         jsonl_on_s3(args.repeat)
-        row_groups(args.mb, args.shards, args.repeat)
+        row_groups(args.mb, [int(n) for n in args.shards.split(",")], args.repeat, args.etl_mb)
     finally:
         server.stop()
 

@@ -53,6 +53,7 @@ class RangedReader(io.RawIOBase):
         self._ahead = MIN_READ_AHEAD
         self._next_fetch = -(1 << 62)  # where the previous fetch ended (none yet)
         self._ahead_limit = size  # read-ahead stops here (explicit reads past it are still served)
+        self._crossed = False  # whether a read went past the limit
         self.requests = 0
         self.bytes_fetched = 0
 
@@ -60,6 +61,7 @@ class RangedReader(io.RawIOBase):
         """Read ahead no further than `end` (None: the end of the object): a reader of a byte
         range says where its range ends; what it reads past that comes in small fetches."""
         self._ahead_limit = self._size if end is None else end
+        self._crossed = False
 
     def prefetch(self, start: int, end: int) -> None:
         """Fetch [start, end) in one GET into the buffer: reads inside it make no request (a
@@ -137,7 +139,12 @@ class RangedReader(io.RawIOBase):
         if not 0 <= off < len(self._buf):
             if want >= self._ahead:  # a large read: fetched exactly, the buffer is left alone
                 return self._fetch(self._pos, want)
-            ahead = min(self._ahead, max(self._ahead_limit - self._pos, MIN_READ_AHEAD))
+            if self._pos < self._ahead_limit:
+                ahead = min(self._ahead, max(self._ahead_limit - self._pos, MIN_READ_AHEAD))
+            else:  # past the limit (a line that crosses a range's end): grow again from the minimum
+                if not self._crossed:
+                    self._crossed, self._ahead = True, MIN_READ_AHEAD
+                ahead = self._ahead
             self._buf_start = self._pos
             self._buf = self._fetch(self._pos, min(max(ahead, want), self._size - self._pos))
             off = 0

@@ -7,6 +7,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from aistack.etl import storage as storage_mod
 from aistack.etl.errors import StorageError
 from aistack.etl.job import run_etl
 from aistack.etl.parquet_io import chunk_row_groups, iter_row_groups, read_manifest, read_table
-from aistack.etl.partitions import plan_partitions, run_etl_partition
+from aistack.etl.partitions import Partition, plan_partitions, run_etl_partition
 from aistack.etl.ranged import MIN_READ_AHEAD, RangedReader
 
 
@@ -166,7 +167,10 @@ def test_one_row_group_of_a_dataset_on_s3_is_a_small_read(
 @given(
     size=st.integers(min_value=0, max_value=300_000),
     ops=st.lists(
-        st.tuples(st.sampled_from(["seek", "read", "readline", "seek_end"]), st.integers(-1, 200_000)),
+        st.tuples(
+            st.sampled_from(["seek", "read", "readline", "seek_end", "prefetch", "limit"]),
+            st.integers(-1, 200_000),
+        ),
         max_size=12,
     ),
 )
@@ -181,6 +185,10 @@ def test_ranged_reader_behaves_as_a_file(s3: Any, size: int, ops: list[tuple[str
             assert reader.seek(abs(n)) == local.seek(abs(n))
         elif op == "seek_end":
             assert reader.seek(-min(abs(n), size), io.SEEK_END) == local.seek(-min(abs(n), size), io.SEEK_END)
+        elif op == "prefetch":  # a hint: what the reads return does not change
+            reader.prefetch(abs(n), abs(n) + 70_000)
+        elif op == "limit":
+            reader.limit_read_ahead(None if n < 0 else n)
         elif op == "read":
             assert reader.read(n) == local.read(n)
         else:
@@ -225,3 +233,25 @@ def test_a_body_cut_off_mid_stream_is_fetched_again(s3: Any) -> None:
         assert cut and reader.requests == 2
     finally:
         client.meta.events.unregister("after-call.s3.GetObject", cut_first)
+
+
+def test_a_long_line_across_a_range_end_is_read_in_few_requests(
+    s3: Any, tmp_path: Path, requests: Requests
+) -> None:
+    short = json.dumps({"text": "short line"}).encode() + b"\n"
+    long = json.dumps({"text": "long " * 800_000}).encode() + b"\n"  # 4 MB
+    body = short * 1000 + long + short * 1000
+    s3.put_object(Bucket=s3.bucket, Key="long/lines.jsonl", Body=body)
+    source = f"s3://{s3.bucket}/long"
+    [whole] = plan_partitions(source, 1)
+    item = whole.items[0]
+    cut = len(short) * 1000 + 100  # inside the long line: the first range reads it to its end
+    first = Partition(0, whole.root, (replace(item, byte_range=(0, cut), bytes=cut),))
+    second = Partition(1, whole.root, (replace(item, byte_range=(cut, None), bytes=len(body) - cut),))
+    requests.calls.clear()
+    a = run_etl_partition(first, (tmp_path / "a").as_uri(), OPTIONS)
+    gets_first, bytes_first = requests.operations()["GetObject"], requests.bytes_of("lines.jsonl")
+    b = run_etl_partition(second, (tmp_path / "b").as_uri(), OPTIONS)
+    assert (a.documents, b.documents) == (1001, 1000)
+    assert gets_first <= 12, gets_first
+    assert bytes_first <= cut + 2 * len(long), (bytes_first, cut + len(long))
