@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import random
@@ -11,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from aistack.etl.chunking import ChunkingOptions
@@ -428,3 +429,44 @@ def test_a_fifo_in_a_partition_is_rejected_not_read(tmp_path: Path) -> None:
     [partition] = plan_partitions(str(src), 2)
     summary = run_etl_partition(partition, (tmp_path / "o").as_uri(), OPTIONS)
     assert dict(summary.rejected) == {"not_a_regular_file": 1}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    files=st.lists(
+        st.tuples(st.sampled_from(["txt", "jsonl", "csv"]), st.integers(min_value=0, max_value=6000)),
+        min_size=1,
+        max_size=12,
+    ),
+    most=st.integers(min_value=1, max_value=10),
+    target=st.integers(min_value=1, max_value=3000),
+)
+def test_plans_tile_the_listing_in_order(files: list[tuple[str, int]], most: int, target: int) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (ext, size) in enumerate(files):
+            Path(tmp, f"f{i:02d}.{ext}").write_bytes(b'{"text": "a"}\n' * (size // 14) + b"x" * (size % 14))
+        listed = [
+            (f"f{i:02d}.{ext}", Path(tmp, f"f{i:02d}.{ext}").stat().st_size)
+            for i, (ext, _) in enumerate(files)
+        ]
+        plan = plan_partitions(tmp, most, target_bytes=target)
+    total = sum(size for _, size in listed)
+    assert 1 <= len(plan) <= most and all(p.items for p in plan)
+    if total < 2 * target:
+        assert len(plan) == 1
+    assert sum(p.bytes for p in plan) == total
+    items = [item for p in plan for item in p.items]
+    assert [k for k, _ in listed] == list(dict.fromkeys(i.key for i in items)), "every entry, in order"
+    for key, size in listed:
+        pieces = [i for i in items if i.key == key]
+        if len(pieces) == 1:
+            assert pieces[0].byte_range is None and pieces[0].bytes == size
+            continue
+        assert key.endswith(".jsonl"), "only line files are cut"
+        ranges = [i.byte_range for i in pieces]
+        assert ranges[0][0] == 0 and ranges[-1][1] is None
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges)), "ranges tile the file"
+        assert sum(i.bytes for i in pieces) == size
+        event("a line file cut")
