@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from aistack.etl.chunking import Chunk, Chunker, ChunkingOptions
 from aistack.etl.cleaning import clean_text
+from aistack.etl.errors import EtlError
 from aistack.etl.loaders import (
     LoadedDocument,
     LoaderOptions,
@@ -17,6 +18,7 @@ from aistack.etl.loaders import (
     Rejection,
     Skipped,
     SourceFile,
+    SourcePiece,
     list_sources,
     load,
 )
@@ -71,19 +73,21 @@ ProgressFn = Callable[[int], None]  # called with bytes of input consumed
 Job = tuple[SourceFile | Record, int]  # a file to load whole, or a record of a tabular file; progress bytes
 
 
-def _jobs(sources: list[SourceFile], options: LoaderOptions) -> Iterator[Job]:
-    """Whole files go to the workers to be read; tabular files are parsed here, record by record."""
-    for source in sources:
+def _jobs(pieces: list[SourcePiece], options: LoaderOptions) -> Iterator[Job]:
+    """Whole files go to the workers to be read; tabular files (or their pieces) are parsed
+    here, record by record."""
+    for piece in pieces:
+        source = piece.file
         if source.obj.problem is not None or source.format not in ("jsonl", "csv", "parquet"):
-            yield source, source.obj.size
+            yield source, piece.weight  # (only tabular files are ever cut into pieces)
             continue
         previous: Record | None = None
-        for record in load(source, options):
+        for record in load(piece, options):
             if previous is not None:
                 yield previous, 0
             previous = record
         if previous is not None:
-            yield previous, source.obj.size
+            yield previous, piece.weight
         # (an empty tabular file yields nothing: its header-only content holds no record)
 
 
@@ -171,6 +175,20 @@ def run_etl(
     sources = list_sources(source, options.loader.confine_to)
     if on_start:
         on_start(sum(s.obj.size for s in sources))
+    return run_pieces([SourcePiece(s) for s in sources], out, options, progress, started=started)
+
+
+def run_pieces(
+    pieces: list[SourcePiece],
+    out: str,
+    options: EtlOptions | None = None,
+    progress: ProgressFn | None = None,
+    *,
+    started: float | None = None,
+) -> EtlSummary:
+    """The ETL of these files and pieces of files, in order, published at `out` as one dataset."""
+    options = options or EtlOptions()
+    started = time.perf_counter() if started is None else started
     dataset = DatasetWriter(out)
     summary = EtlSummary(output=dataset.storage.uri)
     documents = dataset.table("documents", DOCUMENTS)
@@ -187,7 +205,7 @@ def run_etl(
         with Chunker(options.chunking, threads=options.threads) as chunker:
             encoding = chunker.options.encoding
             stream = chunker.map_chunked(
-                _with_progress(_jobs(sources, options.loader), progress),
+                _with_progress(_jobs(pieces, options.loader), progress),
                 lambda job: _prepare(job, options.loader),
                 lambda job: (
                     job[0].obj.size if isinstance(job[0], SourceFile) else getattr(job[0], "bytes", 0) + 1
@@ -208,7 +226,11 @@ def run_etl(
                 summary.documents += 1
                 summary.chunks += len(doc_chunks or [])
         summary.seconds = time.perf_counter() - started
-        assert summary.records_in == summary.documents + summary.rejected_total  # in = out + rejected
+        if summary.records_in != summary.documents + summary.rejected_total:  # in = out + rejected
+            raise EtlError(
+                f"in = out + rejected does not hold: {summary.records_in} records in, "
+                f"{summary.documents} documents and {summary.rejected_total} rejected"
+            )
         summary.manifest = dataset.publish(summary.as_dict())
     except BaseException as exc:
         dataset.abort(exc)

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from aistack.etl.decoding import decode, too_large
-from aistack.etl.errors import EtlError, InputProblem
+from aistack.etl.errors import EtlError, InputProblem, StorageError
 from aistack.etl.html_text import html_to_text
 from aistack.etl.localfs import inside
 from aistack.etl.records import (
@@ -25,6 +25,7 @@ from aistack.etl.records import (
     Rejection,
     Skipped,
     SourceFile,
+    SourcePiece,
 )
 from aistack.etl.storage import LocalStorage, S3Storage, matches, open_storage, split_pattern
 from aistack.etl.tabular import load_csv, load_jsonl, load_parquet
@@ -37,6 +38,7 @@ __all__ = [  # the loaders' public names, wherever they live
     "Rejection",
     "Skipped",
     "SourceFile",
+    "SourcePiece",
     "html_to_text",
     "list_sources",
     "load",
@@ -61,6 +63,11 @@ def _confinement(source: str, root: str, pattern: str, confine_to: str | Path) -
             raise EtlError(f"{source!r} is outside the input root {confine.uri}; refused")
         return None
     raise EtlError(f"{source!r} is outside the input root {confine_to}; refused")
+
+
+def confinement_root(root: str, confine_to: str | Path) -> str | None:
+    """Refuse a `root` outside `confine_to`; the resolved local root files must lie in (None on S3)."""
+    return _confinement(root, root, "", confine_to)
 
 
 def list_sources(source: str, confine_to: str | Path | None = None) -> list[SourceFile]:
@@ -96,7 +103,10 @@ def list_sources(source: str, confine_to: str | Path | None = None) -> list[Sour
     return [SourceFile(storage, o) for o in objects]
 
 
-def load(source: SourceFile, options: LoaderOptions) -> Iterator[Record]:
+def load(what: SourceFile | SourcePiece, options: LoaderOptions) -> Iterator[Record]:
+    """The records of a source file, or of the piece of one a partition reads."""
+    piece = what if isinstance(what, SourcePiece) else SourcePiece(what)
+    source = piece.file
     problem = source.obj.problem
     if problem is not None:
         yield Rejection(source.uri, "load", problem.reason, str(problem), 0)
@@ -105,14 +115,22 @@ def load(source: SourceFile, options: LoaderOptions) -> Iterator[Record]:
     if fmt is None:
         yield Rejection(source.uri, "load", "unsupported_format", "unknown file extension", source.obj.size)
         return
+    size = piece.weight
     try:
-        yield from _LOADERS[fmt](source, options)
+        if piece.byte_range is not None and fmt == "jsonl":
+            yield from load_jsonl(source, options, piece.byte_range)
+        elif piece.row_groups is not None and fmt == "parquet":
+            yield from load_parquet(source, options, piece.row_groups)
+        elif piece.byte_range is not None or piece.row_groups is not None:
+            raise EtlError(f"{source.uri}: a {fmt} file is read whole, not by byte range or row group")
+        else:
+            yield from _LOADERS[fmt](source, options)
     except InputProblem as exc:  # unreadable now (it changed since the listing, or a read error)
-        yield Rejection(source.uri, "load", exc.reason, str(exc), source.obj.size)
+        yield Rejection(source.uri, "load", exc.reason, str(exc), size)
+    except StorageError as exc:  # an S3 read that failed after retries, or an object that changed
+        yield Rejection(source.uri, "load", "unreadable", str(exc), size)
     except OSError as exc:
-        yield Rejection(
-            source.uri, "load", "unreadable", f"cannot read: {exc.strerror or exc}", source.obj.size
-        )
+        yield Rejection(source.uri, "load", "unreadable", f"cannot read: {exc.strerror or exc}", size)
 
 
 def _load_text(source: SourceFile, options: LoaderOptions) -> Iterator[Record]:

@@ -10,31 +10,41 @@ Part names carry the run id, so a re-run never overwrites a part a reader may be
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import math
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from aistack.etl.errors import EtlError, StorageError
-from aistack.etl.storage import Storage, open_storage
+from aistack.etl.parquet_ranges import iter_row_group_batches
+from aistack.etl.storage import LocalStorage, Storage, open_storage
 
 MANIFEST = "_manifest.json"
 MANIFEST_FORMAT = "aistack.dataset/v1"
 ROW_GROUP_ROWS = 65_536
 ROW_GROUP_BYTES = 8 * 1024 * 1024
+# Map shards read `chunks` by row group (iter_row_groups): smaller groups there let a shard
+# read close to its share (benchmarks/partitions.py measures the write cost).
+TABLE_ROW_GROUP_BYTES = {"chunks": 2 * 1024 * 1024}
 PART_BYTES = 512 * 1024 * 1024
 
 
 class TableWriter:
     """Streams rows of one table into part files; buffers at most one row group."""
 
-    def __init__(self, storage: Storage, name: str, schema: pa.Schema, run_id: str) -> None:
+    def __init__(
+        self, storage: Storage, name: str, schema: pa.Schema, run_id: str, row_group_bytes: int | None = None
+    ) -> None:
         self.storage, self.name, self.schema, self.run_id = storage, name, schema, run_id
+        self.row_group_bytes = row_group_bytes or TABLE_ROW_GROUP_BYTES.get(name, ROW_GROUP_BYTES)
         self.files: list[str] = []
         self.rows = 0
         self._buffer: dict[str, list[Any]] = {f.name: [] for f in schema}
@@ -49,18 +59,30 @@ class TableWriter:
             column.append(row[key])
         self._buffered_rows += 1
         self._buffered_bytes += size_hint
-        if self._buffered_rows >= ROW_GROUP_ROWS or self._buffered_bytes >= ROW_GROUP_BYTES:
+        if self._buffered_rows >= ROW_GROUP_ROWS or self._buffered_bytes >= self.row_group_bytes:
             self.flush()
 
     def extend(self, columns: dict[str, list[Any]], size_hint: int = 0) -> None:
-        """Append many rows given as columns (each list as long as the others)."""
+        """Append many rows given as columns (each list as long as the others).
+
+        The rows are spread over row groups as they fill (a long document's many chunks do
+        not make one oversized group), taking `size_hint / rows` as each row's size.
+        """
         rows = len(next(iter(columns.values())))
-        for key, column in self._buffer.items():
-            column.extend(columns[key])
-        self._buffered_rows += rows
-        self._buffered_bytes += size_hint
-        if self._buffered_rows >= ROW_GROUP_ROWS or self._buffered_bytes >= ROW_GROUP_BYTES:
-            self.flush()
+        per_row = size_hint / rows if rows else 0.0
+        start = 0
+        while start < rows:
+            take = min(rows - start, ROW_GROUP_ROWS - self._buffered_rows)
+            if per_row:
+                take = min(take, max(1, math.ceil((self.row_group_bytes - self._buffered_bytes) / per_row)))
+            whole = start == 0 and take == rows
+            for key, column in self._buffer.items():
+                column.extend(columns[key] if whole else columns[key][start : start + take])
+            self._buffered_rows += take
+            self._buffered_bytes += size_hint if whole else round(per_row * take)
+            start += take
+            if self._buffered_rows >= ROW_GROUP_ROWS or self._buffered_bytes >= self.row_group_bytes:
+                self.flush()
 
     def write_table(self, table: pa.Table) -> None:
         """Append a table of this schema as it is (its row groups are copied, not its rows)."""
@@ -143,8 +165,8 @@ class DatasetWriter:
         # temporary files of a writer that was killed are never renamed into place: sweep them
         self.swept = self.storage.sweep_temp_files()
 
-    def table(self, name: str, schema: pa.Schema) -> TableWriter:
-        self.tables[name] = TableWriter(self.storage, name, schema, self.run_id)
+    def table(self, name: str, schema: pa.Schema, row_group_bytes: int | None = None) -> TableWriter:
+        self.tables[name] = TableWriter(self.storage, name, schema, self.run_id, row_group_bytes)
         return self.tables[name]
 
     def publish(self, summary: dict[str, Any]) -> str:
@@ -164,7 +186,7 @@ class DatasetWriter:
             },
             "summary": summary,
         }
-        previous = _read_manifest(self.storage) if self.storage.exists(MANIFEST) else None
+        previous = read_manifest_of(self.storage) if self.storage.exists(MANIFEST) else None
         self.storage.write_bytes(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
         if previous:  # parts of the replaced dataset are no longer reachable
             current = {f for t in self.tables.values() for f in t.files}
@@ -181,12 +203,13 @@ class DatasetWriter:
                 table.abort(exc)
 
 
-def _read_manifest(storage: Storage) -> dict[str, Any]:
+def read_manifest_of(storage: Storage) -> dict[str, Any]:
+    """The manifest of the dataset at `storage` (which must have one)."""
     try:
         manifest = json.loads(storage.read_bytes(MANIFEST))
     except json.JSONDecodeError as exc:
         raise EtlError(f"{storage.child(MANIFEST)} is not valid JSON: {exc}") from exc
-    if manifest.get("format") != MANIFEST_FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise EtlError(f"{storage.child(MANIFEST)} is not an aistack dataset manifest")
     return manifest
 
@@ -195,28 +218,87 @@ def read_manifest(uri: str) -> dict[str, Any]:
     storage = open_storage(uri)
     if not storage.exists(MANIFEST):
         raise EtlError(f"no published dataset at {uri}: {MANIFEST} is missing (the run did not finish?)")
-    return _read_manifest(storage)
+    return read_manifest_of(storage)
 
 
-def iter_table(uri: str, name: str, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-    """Stream a published table's record batches."""
+def _table_files(uri: str, name: str) -> tuple[Storage, list[str]]:
     storage = open_storage(uri)
     manifest = read_manifest(uri)
     if name not in manifest["tables"]:
         raise EtlError(f"dataset {uri} has no table {name!r}; it has {sorted(manifest['tables'])}")
-    for key in manifest["tables"][name]["files"]:
+    return storage, list(manifest["tables"][name]["files"])
+
+
+@contextlib.contextmanager
+def open_parquet(storage: Storage, key: str) -> Iterator[tuple[pq.ParquetFile, object]]:
+    """A Parquet file of a dataset and what it reads: a local path as it is; an S3 object
+    through ranged reads, so the footer and the column chunks asked for are all it fetches."""
+    if isinstance(storage, LocalStorage):
         with storage.local_copy(key) as path:
-            yield from pq.ParquetFile(path).iter_batches(columns=columns)
+            yield pq.ParquetFile(path), path
+        return
+    with storage.open_ranged(key) as fh:
+        yield pq.ParquetFile(fh), fh
+
+
+def iter_table(uri: str, name: str, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """Stream a published table's record batches (only `columns` are read)."""
+    storage, files = _table_files(uri, name)
+    for key in files:
+        with open_parquet(storage, key) as (pf, fh):
+            groups = range(pf.metadata.num_row_groups)
+            yield from (batch for _, batch in iter_row_group_batches(pf, fh, groups, columns))
 
 
 def read_table(uri: str, name: str, columns: list[str] | None = None) -> pa.Table:
     """Read a whole published table (small tables and tests; stream big ones with iter_table)."""
-    storage = open_storage(uri)
-    manifest = read_manifest(uri)
-    if name not in manifest["tables"]:
-        raise EtlError(f"dataset {uri} has no table {name!r}; it has {sorted(manifest['tables'])}")
+    storage, files = _table_files(uri, name)
     parts = []
-    for key in manifest["tables"][name]["files"]:
-        with storage.local_copy(key) as path:
-            parts.append(pq.read_table(path, columns=columns))
+    for key in files:
+        with open_parquet(storage, key) as (pf, fh):
+            if isinstance(fh, Path):  # a local file: pyarrow reads it at its own pace
+                parts.append(pq.read_table(fh, columns=columns))
+                continue
+            groups = range(pf.metadata.num_row_groups)
+            batches = [batch for _, batch in iter_row_group_batches(pf, fh, groups, columns)]
+            parts.append(pa.Table.from_batches(batches) if batches else pf.read(columns=columns))
     return pa.concat_tables(parts)
+
+
+def table_row_groups(uri: str, name: str) -> list[tuple[str, int, int]]:
+    """(file key, row-group index, rows) of every row group of a published table, in order,
+    from the Parquet footers alone."""
+    storage, files = _table_files(uri, name)
+    groups: list[tuple[str, int, int]] = []
+    for key in files:
+        with open_parquet(storage, key) as (pf, _):
+            meta = pf.metadata
+            groups.extend((key, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups))
+    return groups
+
+
+def chunk_row_groups(uri: str) -> list[tuple[str, int, int]]:
+    """The row groups of a dataset's `chunks` table: what map shards are assigned."""
+    return table_row_groups(uri, "chunks")
+
+
+def iter_row_groups(
+    uri: str, table: str, slices: Sequence[tuple[str, int] | tuple[str, int, int]], columns: list[str] | None
+) -> Iterator[pa.RecordBatch]:
+    """The record batches of exactly these row groups ((file key, row group), e.g. from
+    `table_row_groups`), in the order given, with only `columns` read. On S3 only the
+    footers and those column chunks are fetched."""
+    storage, files = _table_files(uri, table)
+    known = set(files)
+    for key, group in itertools.groupby(slices, key=lambda s: s[0]):
+        if key not in known:
+            raise EtlError(f"{key!r} is not a file of table {table!r} of the dataset at {uri}")
+        with open_parquet(storage, key) as (pf, fh):
+            count = pf.metadata.num_row_groups
+            indexes = [piece[1] for piece in group]
+            for index in indexes:
+                if not 0 <= index < count:
+                    raise EtlError(
+                        f"{storage.child(key)} has {count} row groups; there is no row group {index}"
+                    )
+            yield from (batch for _, batch in iter_row_group_batches(pf, fh, indexes, columns))

@@ -78,5 +78,29 @@ class SourceFile:
 
     @property
     def format(self) -> str | None:
-        name = self.obj.key.rsplit("/", 1)[-1].lower()
-        return FORMATS.get("." + name.rsplit(".", 1)[-1]) if "." in name else None
+        return format_of(self.obj.key)
+
+
+def format_of(key: str) -> str | None:
+    """The format a file's name says (FORMATS), or None."""
+    name = key.rsplit("/", 1)[-1].lower()
+    return FORMATS.get("." + name.rsplit(".", 1)[-1]) if "." in name else None
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePiece:
+    """A source file, or the part of one that a partition reads (partitions.py).
+
+    `byte_range` (line formats): the lines whose first byte lies in [start, end), `end`
+    None for "to the end of the file". `row_groups` (Parquet): those row groups only.
+    Neither: the whole file. `bytes` is the input it stands for (progress, partition sizes).
+    """
+
+    file: SourceFile
+    byte_range: tuple[int, int | None] | None = None
+    row_groups: tuple[int, ...] | None = None
+    bytes: int = -1  # -1: the file's listed size
+
+    @property
+    def weight(self) -> int:
+        return self.file.obj.size if self.bytes < 0 else self.bytes

@@ -27,6 +27,7 @@ from aistack.etl.localfs import (
     sweep_stale_temp_files,
     walk_entries,
 )
+from aistack.etl.ranged import RangedReader
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,9 @@ class Storage(Protocol):
     def exists(self, key: str) -> bool: ...
     def read_bytes(self, key: str) -> bytes: ...
     def open_input(self, key: str) -> contextlib.AbstractContextManager[BinaryIO]: ...
+    def open_ranged(
+        self, key: str, size: int | None = None
+    ) -> contextlib.AbstractContextManager[BinaryIO]: ...
     def local_copy(self, key: str) -> contextlib.AbstractContextManager[Path]: ...
     def writer(self, key: str) -> contextlib.AbstractContextManager[IO[bytes]]: ...
     def write_bytes(self, key: str, data: bytes) -> None: ...
@@ -101,6 +105,12 @@ class LocalStorage:
     @contextlib.contextmanager
     def open_input(self, key: str) -> Iterator[BinaryIO]:
         """A regular file opened for reading; InputProblem if it is anything else or unreadable."""
+        with open_regular(str(self._path(key)), self.confine_root) as fh:
+            yield fh
+
+    @contextlib.contextmanager
+    def open_ranged(self, key: str, size: int | None = None) -> Iterator[BinaryIO]:
+        """A local file is already seekable: the file itself, opened as `open_input` does."""
         with open_regular(str(self._path(key)), self.confine_root) as fh:
             yield fh
 
@@ -214,6 +224,20 @@ class S3Storage:
                 yield fh
         finally:
             cm.__exit__(None, None, None)
+
+    @contextlib.contextmanager
+    def open_ranged(self, key: str, size: int | None = None) -> Iterator[BinaryIO]:
+        """The object as a seekable file that GETs only the byte ranges read (ranged.py).
+
+        `size` is the object's size from a listing (else it is asked for with one HEAD); an
+        object that is not that size when first read, or that changes while it is read, is a
+        StorageError naming it.
+        """
+        reader = RangedReader(s3_client(), self.bucket, self._key(key), self.child(key), size)
+        try:
+            yield reader  # type: ignore[misc]
+        finally:
+            reader.close()
 
     @contextlib.contextmanager
     def local_copy(self, key: str) -> Iterator[Path]:

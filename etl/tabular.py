@@ -7,8 +7,11 @@ import io
 import json
 from collections import Counter
 from collections.abc import Iterator
+from typing import BinaryIO
 
 from aistack.etl.decoding import bom_codec, text_stream, too_large
+from aistack.etl.parquet_ranges import iter_row_group_batches
+from aistack.etl.ranged import RangedReader
 from aistack.etl.records import LoadedDocument, LoaderOptions, Record, Rejection, Skipped, SourceFile
 
 
@@ -43,32 +46,77 @@ def _json_record(line: bytes | str, where: str, options: LoaderOptions) -> Recor
     return LoadedDocument(where, text, size, {"format": "jsonl", **meta})
 
 
-def load_jsonl(source: SourceFile, options: LoaderOptions) -> Iterator[Record]:
-    with source.storage.open_input(source.obj.key) as fh:
-        codec = bom_codec(fh.peek(4)[:4]) if hasattr(fh, "peek") else None
-        lines: Iterator[bytes | str] = iter(io.TextIOWrapper(fh, encoding=codec)) if codec else iter(fh)
-        lineno = 0
+def iter_lines(fh: BinaryIO, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """(offset, line) of every line whose first byte lies in [start, end) (`end` None: to EOF).
+
+    A line belongs to the range that holds its first byte: a reader starting at `start` > 0
+    skips the partial line there unless byte `start - 1` is a newline, and reads whole lines
+    while they start before `end`, so ranges that tile a file read each line exactly once.
+    """
+    pos = start
+    if start > 0:
+        fh.seek(start - 1)
+        if fh.read(1) != b"\n":
+            pos += len(fh.readline())  # the rest of a line that began before `start`
+    else:
+        fh.seek(0)
+    while end is None or pos < end:
+        line = fh.readline()
+        if not line:
+            return
+        yield pos, line
+        pos += len(line)
+
+
+def _line_record(line: bytes | str, where: str, options: LoaderOptions) -> Record:
+    if not line.strip():
+        return Skipped(where, "blank_line")
+    return _json_record(line, where, options)
+
+
+def load_jsonl(
+    source: SourceFile, options: LoaderOptions, byte_range: tuple[int, int | None] | None = None
+) -> Iterator[Record]:
+    """Records of a JSONL file, or of the lines that start in `byte_range`; each named
+    `URI#byte=OFFSET` (the offset of its line's first byte), which a range reader knows."""
+    start, end = byte_range or (0, None)
+    with source.storage.open_ranged(source.obj.key, source.obj.size) as fh:
+        head = fh.read(4)
+        codec = bom_codec(head)
+        if codec is None:
+            if isinstance(fh, RangedReader):
+                fh.limit_read_ahead(end)
+            for offset, line in iter_lines(fh, start, end):
+                yield _line_record(line, f"{source.uri}#byte={offset}", options)
+        elif start == 0:  # UTF-16/32 is not cut by bytes: the range at 0 reads it whole, others nothing
+            yield from _decoded_lines(fh, codec, head, source, options)
+
+
+def _decoded_lines(
+    fh: BinaryIO, codec: str, head: bytes, source: SourceFile, options: LoaderOptions
+) -> Iterator[Record]:
+    """Lines of a UTF-16/32 file (its BOM says which), named by the byte offset they start at."""
+    fh.seek(0)
+    endian = "-le" if head[:2] == b"\xff\xfe" else "-be"
+    bom = 4 if codec == "utf-32" else 2
+    # newline="\n": lines end where a binary reader's would, and keep their bytes
+    lines = io.TextIOWrapper(fh, encoding=codec, newline="\n")
+    pos, bom_bytes = 0, bom  # the first line's bytes include the byte-order mark
+    try:
         while True:
             try:
                 line = next(lines)
             except StopIteration:
                 return
             except UnicodeDecodeError as exc:
-                where = f"{source.uri}#line={lineno + 1}"
-                yield Rejection(
-                    where,
-                    "load",
-                    "undecodable",
-                    f"not {codec}: {exc.reason}; the rest of the file is not read",
-                    0,
-                )
+                message = f"not {codec}: {exc.reason}; the rest of the file is not read"
+                yield Rejection(f"{source.uri}#byte={pos}", "load", "undecodable", message, 0)
                 return
-            lineno += 1
-            where = f"{source.uri}#line={lineno}"
-            if not line.strip():
-                yield Skipped(where, "blank_line")
-                continue
-            yield _json_record(line, where, options)
+            yield _line_record(line, f"{source.uri}#byte={pos}", options)
+            pos += len(line.encode(codec + endian)) + bom_bytes
+            bom_bytes = 0
+    finally:
+        lines.detach()  # the caller closes the file
 
 
 def load_csv(source: SourceFile, options: LoaderOptions) -> Iterator[Record]:
@@ -123,7 +171,7 @@ def load_csv(source: SourceFile, options: LoaderOptions) -> Iterator[Record]:
             yield Rejection(source.uri, "load", reason, message, source.obj.size)
 
 
-def _is_text_type(t: object) -> bool:
+def is_text_type(t: object) -> bool:
     import pyarrow as pa
 
     if pa.types.is_dictionary(t):
@@ -131,28 +179,57 @@ def _is_text_type(t: object) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
 
 
-def load_parquet(source: SourceFile, options: LoaderOptions) -> Iterator[Record]:
+def load_parquet(
+    source: SourceFile, options: LoaderOptions, row_groups: tuple[int, ...] | None = None
+) -> Iterator[Record]:
+    """Rows of the text column (only that column is read), of every row group or of
+    `row_groups`; each named `URI#row=N`, N counted from 1 over the whole file (the footer
+    gives the rows before a row group). Problems of the file as a whole are reported by the
+    piece that holds row group 0, so a file cut into pieces reports them once."""
     import pyarrow.parquet as pq
 
     name = options.text_field
-    with source.storage.open_input(source.obj.key) as fh:
+    first = row_groups is None or 0 in row_groups
+    with source.storage.open_ranged(source.obj.key, source.obj.size) as fh:
         try:
             pf = pq.ParquetFile(fh)
         except Exception as exc:
-            yield Rejection(source.uri, "load", "invalid_parquet", str(exc), source.obj.size)
+            if first:
+                yield Rejection(source.uri, "load", "invalid_parquet", str(exc), source.obj.size)
+            else:  # the planner read this footer: the file changed, or a read failed
+                yield Rejection(
+                    source.uri, "load", "unreadable", f"row groups {list(row_groups or ())}: {exc}"
+                )
             return
         schema = pf.schema_arrow
         if name not in schema.names:
-            message = f"no column {name!r}; columns are {schema.names}"
-            yield Rejection(source.uri, "load", "missing_column", message, source.obj.size)
+            if first:
+                message = f"no column {name!r}; columns are {schema.names}"
+                yield Rejection(source.uri, "load", "missing_column", message, source.obj.size)
             return
         column_type = schema.field(name).type
-        if not _is_text_type(column_type):
-            message = f"column {name!r} is {column_type}, not a string column ({pf.metadata.num_rows} rows not read)"
-            yield Rejection(source.uri, "load", "wrong_type", message, source.obj.size)
+        if not is_text_type(column_type):
+            if first:
+                message = f"column {name!r} is {column_type}, not a string column ({pf.metadata.num_rows} rows not read)"
+                yield Rejection(source.uri, "load", "wrong_type", message, source.obj.size)
             return
-        row_no = 0
-        for batch in pf.iter_batches(columns=[name], batch_size=1024):
+        meta = pf.metadata
+        groups = range(meta.num_row_groups) if row_groups is None else row_groups
+        missing = [g for g in groups if not 0 <= g < meta.num_row_groups]
+        if missing:
+            message = (
+                f"has {meta.num_row_groups} row groups, the plan names row group {missing[0]}: "
+                "the file changed since it was planned"
+            )
+            yield Rejection(source.uri, "load", "unreadable", message, 0)
+            return
+        row_start = [0]
+        for g in range(meta.num_row_groups):
+            row_start.append(row_start[-1] + meta.row_group(g).num_rows)
+        current, row_no = -1, 0
+        for g, batch in iter_row_group_batches(pf, fh, groups, [name], batch_size=1024):
+            if g != current:
+                current, row_no = g, row_start[g]
             for text in batch.column(0).to_pylist():
                 row_no += 1
                 where = _rows_source(source.uri, row_no)

@@ -216,9 +216,9 @@ def test_type_and_format_mistakes_are_named(tmp_path: Path) -> None:
     )
     assert rejected["extra.csv#row=2"] == ("extra_fields", "line 3: 3 fields, the header has 2")
     assert rejected["dupe.csv"] == ("duplicate_column", "column 'id' appears 2 times in the header")
-    assert rejected["lines.jsonl#line=4"][0] == "not_utf8"
-    assert rejected["lines.jsonl#line=5"] == ("wrong_type", "field 'text' is a JSON int, not a string")
-    assert rejected["lines.jsonl#line=6"][0] == "missing_field"
+    assert rejected["lines.jsonl#byte=20"][0] == "not_utf8"
+    assert rejected["lines.jsonl#byte=37"] == ("wrong_type", "field 'text' is a JSON int, not a string")
+    assert rejected["lines.jsonl#byte=49"][0] == "missing_field"
     assert summary.skipped == {"blank_line": 2}
     texts = set(read_table(out.as_uri(), "documents", ["text"])["text"].to_pylist())
     assert texts == {"fine", "ok", "Grüße aus UTF-16.", "ünïcode"}

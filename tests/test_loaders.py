@@ -55,8 +55,8 @@ def test_formats_and_rejections(tmp_path: Path) -> None:
         "latin1.txt": "not_utf8",
         "image.png": "unsupported_format",
         "big.txt": "too_large",
-        "c.jsonl#line=2": "invalid_json",
-        "c.jsonl#line=3": "missing_field",
+        "c.jsonl#byte=30": "invalid_json",
+        "c.jsonl#byte=38": "missing_field",
         "e.csv": "missing_column",
         "f.parquet#row=2": "missing_field",
     }
@@ -64,12 +64,12 @@ def test_formats_and_rejections(tmp_path: Path) -> None:
     assert texts == {
         "a.txt": "plain text",
         "b.md": "# Title\n\nbody",
-        "c.jsonl#line=1": "one",
+        "c.jsonl#byte=0": "one",
         "d.csv#row=1": "first, row",
         "d.csv#row=2": "second",
         "f.parquet#row=1": "p1",
     }
-    assert docs["c.jsonl#line=1"].metadata == {"format": "jsonl", "lang": "en"}  # type: ignore[union-attr]
+    assert docs["c.jsonl#byte=0"].metadata == {"format": "jsonl", "lang": "en"}  # type: ignore[union-attr]
     assert "not UTF-8 at byte 3" in docs["latin1.txt"].message  # type: ignore[union-attr]
     assert "columns are ['id', 'body']" in docs["e.csv"].message  # type: ignore[union-attr]
 
