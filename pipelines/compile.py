@@ -51,6 +51,8 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 GPU_TOLERATION = m.Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
 RUNTIME = "aistack.pipelines.runtime"
+# an ingest pod's share of the input is bounded (a partition); its memory stays flat in its size
+ETL_RESOURCES = Resources(cpu_request="1", memory_request="512Mi", memory_limit="2Gi")
 # where stage steps leave their totals for Argo to read as output parameters (runtime.write_step_metrics)
 METRICS_DIR = "/tmp/aistack-metrics"
 
@@ -361,14 +363,19 @@ def compile_task(
     run = {"target": p % "target", "workflow": "{{workflow.name}}"}
     with wf:
         retry = _retry(task)
-        ingest = step_template("ingest", "ingest", retry_strategy=retry)
-        shards = step_template("shards", "shards", retry_strategy=retry)
+        plan = step_template("plan", "plan", retry_strategy=retry)
+        ingest = step_template("ingest", "ingest", retry_strategy=retry, resources=ETL_RESOURCES)
+        etl = step_template("etl", "etl", retry_strategy=retry)
         publish = step_template("publish", "publish", retry_strategy=retry)
         stage_templates = [_stage_template(task, i, agents) for i in range(len(spec.pipeline))]
         with DAG(name="pipeline"):
-            t_ingest = ingest(name="ingest", arguments={"spec": p % "spec", **run})
-            t_shards = shards(name="shards", arguments=run)
-            t_ingest >> t_shards
+            t_plan = plan(name="plan", arguments={"spec": p % "spec", **run})
+            # one pod per partition of the input, then one dataset of them all and the map shards
+            t_ingest = ingest(
+                name="ingest", arguments={**run, "partition": "{{item}}"}, with_param=t_plan.result
+            )
+            t_shards = etl(name="etl", arguments=run)
+            t_plan >> t_ingest >> t_shards
             tasks: dict[str, Any] = {}
             inputs = spec.stage_inputs()
             for st, template in zip(spec.pipeline, stage_templates, strict=True):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from hera.workflows import CronWorkflow, Workflow
 
 _KIND = {
-    "ingest": ("ingest + clean + chunk\\n(tiktoken, Parquet)", "#dbeafe"),
-    "shards": ("shard\\n(bounded fan-out)", "#e0e7ff"),
+    "plan": ("plan\\n(list the input, cut it\\ninto partitions)", "#e0e7ff"),
+    "ingest": ("ingest + clean + chunk\\n(tiktoken, Parquet)\\nwithParam: one pod per partition", "#dbeafe"),
+    "etl": ("etl\\n(one dataset; map shards\\nof whole row groups)", "#e0e7ff"),
     "publish": ("publish\\n(outputTarget)", "#dcfce7"),
 }
 

@@ -1,20 +1,21 @@
 """A pipeline written as ordinary Hera code with aistack's step templates.
 
-This is the "Python way in": the same steps `compile_task` uses, wired by hand. It ingests the
-bundled Python docs, answers a question on every shard of chunks with a CPU agent served by
-the embedded engine in a sidecar, and publishes. Print it with:
+This is the "Python way in": the same steps `compile_task` uses, wired by hand. It plans and
+ingests the bundled Python tutorial (one pod per partition), answers a question on every shard
+of chunks with an agent reached at an Ollama Service, and publishes. The task travels as
+`RunSpec.encode()` (compressed, base64: Argo never substitutes inside it) and is read by the
+`plan` step only. Print it with:
 
     python -m aistack.pipelines.hera_example > workflow.yaml   # then: argo submit workflow.yaml
 """
 
 from __future__ import annotations
 
-import json
-
 from hera.workflows import DAG, Parameter, Workflow
 
 from aistack.crds.models import OllamaAgentSpec, TaskOrchestrationSpec
 from aistack.pipelines.compile import step_template
+from aistack.pipelines.run_spec import RunSpec, as_parameters
 
 TASK = TaskOrchestrationSpec.model_validate(
     {
@@ -24,45 +25,38 @@ TASK = TaskOrchestrationSpec.model_validate(
         "outputTarget": "s3://ai-results/hera-example/",
     }
 )
-AGENTS = {
-    "qna": OllamaAgentSpec.model_validate({"model": "aistack-extractive", "role": "qna", "numParallel": 4})
-}
+AGENTS = {"qna": OllamaAgentSpec.model_validate({"model": "llama3.1:8b", "role": "qna", "numParallel": 4})}
 
 
 def build() -> Workflow:
     p = "{{workflow.parameters.%s}}"
+    parameters = as_parameters(RunSpec(TASK, AGENTS), TASK.output_target)
     with Workflow(
         generate_name="hera-qna-",
         entrypoint="main",
-        arguments=[
-            Parameter(name="task", value=TASK.model_dump_json(by_alias=True, exclude_none=True)),
-            Parameter(
-                name="agents",
-                value=json.dumps({n: a.model_dump(mode="json", by_alias=True) for n, a in AGENTS.items()}),
-            ),
-            Parameter(name="run-uri", value="s3://ai-results/hera-example/runs/{{workflow.name}}"),
-        ],
+        arguments=[Parameter(name=k, value=v) for k, v in parameters.items()],
     ) as wf:
+        plan = step_template("plan", "plan")
         ingest = step_template("ingest", "ingest")
-        shards = step_template("shards", "shards")
+        etl = step_template("etl", "etl")
         answer = step_template("answer", "stage", env={"OLLAMA_HOST": "http://ollama.aistack.svc:11434"})
         publish = step_template("publish", "publish")
         with DAG(name="main"):
-            common = {"task": p % "task", "run_uri": p % "run-uri"}
-            a = ingest(arguments=common)
-            b = shards(arguments=common)
-            c = answer(
+            run = {"target": p % "target", "workflow": "{{workflow.name}}"}
+            a = plan(arguments={"spec": p % "spec", **run})
+            b = ingest(arguments={**run, "partition": "{{item}}"}, with_param=a.result)
+            c = etl(arguments=run)
+            d = answer(
                 arguments={
-                    **common,
-                    "agents": p % "agents",
+                    **run,
                     "stage_name": "answer",
                     "shard": "{{item.shard}}",
                     "shard_count": "{{item.count}}",
                 },
-                with_param=b.result,
+                with_param=c.result,
             )
-            d = publish(arguments={**common, "run_id": "{{workflow.name}}"})
-            a >> b >> c >> d
+            e = publish(arguments=run)
+            a >> b >> c >> d >> e
     return wf
 
 

@@ -7,9 +7,11 @@ fixed places, so a 10-million-chunk run compiles to the same small Workflow as a
 
     <run>/spec.json                 the task and its agents, as the first step received them
     <run>/input/...                 inline input text, when the task has `inputText`
-    <run>/etl/                      documents, chunks, rejected (one dataset)
-    <run>/stages/<stage>/shard-N/   results of one shard of a stage (one dataset each)
-    <outputTarget>/<run id>/        the published outputs and summary.json
+    <run>/etl/partitions.json       the input cut into partitions (`plan`)
+    <run>/etl/part-N/               one partition's documents, chunks, rejected (`ingest`, N pods)
+    <run>/etl/                      all of them as one dataset, and shards.json (`etl`)
+    <run>/stages/<stage>/shard-N/   results of one shard of a stage, written part by part
+    <outputTarget>/<run id>/        the published outputs and summary.json (`publish`)
 
 A step that fails for a reason a retry cannot fix (an invalid task, no usable input, a model the
 server cannot provide) exits with PERMANENT_EXIT; the compiled retryStrategy retries every other
@@ -23,15 +25,16 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from aistack.crds.models import OllamaAgentSpec, Stage, TaskOrchestrationSpec
 from aistack.etl.chunking import ChunkingOptions
 from aistack.etl.errors import EtlError, StorageError
-from aistack.etl.job import EtlOptions, run_etl
+from aistack.etl.job import EtlOptions
 from aistack.etl.loaders import LoaderOptions
-from aistack.etl.parquet_io import read_manifest
+from aistack.etl.parquet_io import chunk_row_groups, iter_row_groups, read_manifest
+from aistack.etl.partitions import merge_datasets, plan_partitions, read_plan, run_etl_partition, write_plan
 from aistack.etl.storage import open_storage, split_pattern
 from aistack.pipelines import run_spec
 from aistack.pipelines.datasets import dataset_path, datasets_dir
@@ -52,11 +55,12 @@ __all__ = [
     "DATASETS_DIR",
     "PERMANENT_EXIT",
     "ModelUnavailableError",
+    "etl",
     "ingest",
     "normalize_model",
     "ollama_host",
+    "plan",
     "publish",
-    "shards",
     "stage",
     "wait_for_model",
 ]
@@ -64,6 +68,7 @@ __all__ = [
 # bundled datasets: AISTACK_DATASETS, else the package's (aistack.pipelines.datasets)
 DATASETS_DIR = datasets_dir()
 CHUNKS_PER_SHARD = 64  # below this a shard is not worth a pod
+SHARDS_FILE = "shards.json"  # which row groups of the chunks each map shard reads
 PERMANENT_EXIT = 3  # the exit code of a failure no retry can fix (compile.py's retryStrategy)
 # the totals a stage step exports to Argo (see write_step_metrics)
 STEP_METRICS = ("rows", "errors", "cached", "prompt_tokens", "eval_tokens", "call_seconds")
@@ -124,39 +129,92 @@ def input_source(spec: TaskOrchestrationSpec, run_uri: str) -> tuple[str, str | 
     return storage.child("input.txt"), None
 
 
-@step
-def ingest(spec: str, target: str, workflow: str) -> str:
-    """The first step: save the task for the others, then load, clean and chunk its input; returns
-    the dataset URI."""
-    run = run_spec.run_uri(target, workflow)
-    received = run_spec.RunSpec.decode(spec)
-    run_spec.save(run, received)
-    task = received.task
-    source, confine = input_source(task, run)
-    options = EtlOptions(
+def etl_options(task: TaskOrchestrationSpec, confine: str | None) -> EtlOptions:
+    return EtlOptions(
         chunking=ChunkingOptions(
             task.chunking.max_tokens, task.chunking.overlap_tokens, task.chunking.encoding
         ),
         loader=LoaderOptions(text_field=task.input.text_field if task.input else "text", confine_to=confine),
     )
-    out = f"{run}/etl"
-    summary = run_etl(source, out, options)
-    if summary.documents == 0:
-        reasons = ", ".join(f"{k}={v}" for k, v in sorted(summary.rejected.items()))
-        raise ValueError(
-            f"no usable documents in {source}: {summary.records_in} records, all rejected ({reasons}); see {out}"
-        )
-    return out
 
 
 @step
-def shards(target: str, workflow: str) -> str:
-    """The map fan-out: a JSON list of {shard, count} (count bounded by spec.maxShards)."""
+def plan(spec: str, target: str, workflow: str) -> str:
+    """The first step: save the task for the others, list its input and cut it into at most
+    maxShards partitions of similar size (a small input is one); returns the ingest fan-out, a
+    JSON list of partition numbers (the partitions themselves are in the run's storage)."""
+    run = run_spec.run_uri(target, workflow)
+    received = run_spec.RunSpec.decode(spec)
+    run_spec.save(run, received)
+    task = received.task
+    source, confine = input_source(task, run)
+    partitions = plan_partitions(
+        source, task.max_shards, confine_to=confine, loader=etl_options(task, confine).loader
+    )
+    write_plan(f"{run}/etl", partitions)
+    return json.dumps([p.index for p in partitions])
+
+
+@step
+def ingest(target: str, workflow: str, partition: int) -> str:
+    """Load, clean and chunk one partition of the input into `<run>/etl/part-N/`."""
     run = run_spec.run_uri(target, workflow)
     task = run_spec.load(run).task
-    chunks = read_manifest(f"{run}/etl")["tables"]["chunks"]["rows"]
-    count = max(1, min(task.max_shards, math.ceil(chunks / CHUNKS_PER_SHARD)))
+    partitions = read_plan(f"{run}/etl")
+    if not 0 <= partition < len(partitions):
+        raise ValueError(f"no partition {partition}: the plan at {run}/etl has {len(partitions)}")
+    part = partitions[partition]
+    out = f"{run}/etl/{part.name}"
+    summary = run_etl_partition(part, out, etl_options(task, None))  # confined as the plan recorded
+    return json.dumps({"dataset": out, "documents": summary.documents, "rejected": summary.rejected_total})
+
+
+@step
+def etl(target: str, workflow: str) -> str:
+    """Publish the partitions as one dataset (`<run>/etl`, in = out + rejected over all of them) and
+    cut its chunks into map shards of whole row groups; returns the map fan-out: a JSON list of
+    {shard, count} (count bounded by maxShards)."""
+    run = run_spec.run_uri(target, workflow)
+    task = run_spec.load(run).task
+    dataset = f"{run}/etl"
+    partitions = read_plan(dataset)
+    merged = merge_datasets([f"{dataset}/{p.name}" for p in partitions], dataset)
+    summary = merged["summary"]
+    if summary["documents"] == 0:
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(summary["rejected"].items()))
+        raise ValueError(
+            f"no usable documents: {summary['records_in']} records, all rejected ({reasons}); see {dataset}"
+        )
+    groups = chunk_row_groups(dataset)
+    chunks = sum(rows for _, _, rows in groups)
+    count = max(1, min(task.max_shards, math.ceil(chunks / CHUNKS_PER_SHARD), len(groups)))
+    open_storage(dataset).write_bytes(SHARDS_FILE, json.dumps(assign_shards(groups, count)).encode())
     return json.dumps([{"shard": i, "count": count} for i in range(count)])
+
+
+def assign_shards(groups: list[tuple[str, int, int]], count: int) -> list[list[tuple[str, int]]]:
+    """Contiguous runs of whole row groups, `count` of them, each holding about chunks / count rows:
+    a shard reads its own row groups and nothing else."""
+    total = sum(rows for _, _, rows in groups)
+    shards: list[list[tuple[str, int]]] = [[] for _ in range(count)]
+    seen = 0
+    for key, index, rows in groups:
+        # a row group goes to the shard its middle row falls in
+        shard = min(count - 1, (seen + rows // 2) * count // max(1, total))
+        shards[shard].append((key, index))
+        seen += rows
+    return shards
+
+
+def _chunks_of_shard(run: str, shard: int, shard_count: int) -> Iterator[InputRecord]:
+    dataset = f"{run}/etl"
+    assigned = json.loads(open_storage(dataset).read_bytes(SHARDS_FILE))
+    if len(assigned) != shard_count:
+        raise ValueError(f"shard {shard} of {shard_count}: the plan at {dataset} has {len(assigned)} shards")
+    slices = [(key, index) for key, index in assigned[shard]]
+    for batch in iter_row_groups(dataset, "chunks", slices, ["chunk_id", "text"]):
+        for cid, text in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
+            yield InputRecord(cid, text)
 
 
 def _stage_records(
@@ -167,8 +225,10 @@ def _stage_records(
     sources = spec.stage_inputs()[stage.stage_name]
     share = stage.mode == "map" and shard_count > 1
     if not sources:
-        records: Iterable[InputRecord] = read_records(f"{run_uri.rstrip('/')}/etl", "chunks")
-        yield from (r for i, r in enumerate(records) if not share or i % shard_count == shard)
+        if stage.mode == "map":
+            yield from _chunks_of_shard(run_uri.rstrip("/"), shard, shard_count)
+        else:
+            yield from read_records(f"{run_uri.rstrip('/')}/etl", "chunks")
         return
     for source in sources:
         uris = shard_datasets(run_uri, source)

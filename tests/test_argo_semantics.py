@@ -69,7 +69,7 @@ def test_a_failure_no_retry_can_fix_is_not_retried() -> None:
         assert strategy["retryPolicy"] == "Always"
         assert strategy["expression"] == f'lastRetry.exitCode != "{PERMANENT_EXIT}"'
         names.add(template["name"])
-    assert {"ingest", "shards", "publish", "stage-answer", "stage-combine"} <= names
+    assert {"plan", "ingest", "etl", "publish", "stage-answer", "stage-combine"} <= names
 
 
 def test_suspend_pauses_the_schedule_not_every_run() -> None:

@@ -66,9 +66,9 @@ def test_the_runner_stops_before_its_next_step_when_cancelled(tmp_path: Path, mo
         if (name, event) == ("ingest", "done"):
             cancel.set()
 
-    with pytest.raises(RunCancelled, match="cancelled before step shards"):
+    with pytest.raises(RunCancelled, match="cancelled before step etl"):
         execute(wf, on_task=on_task, cancel=cancel)
-    assert events == [("ingest", "started"), ("ingest", "done")]
+    assert events == [("plan", "started"), ("plan", "done"), ("ingest", "started"), ("ingest", "done")]
 
 
 def test_delete_cancels_a_running_task_and_a_recreate_starts_clean(
@@ -108,7 +108,8 @@ def test_delete_cancels_a_running_task_and_a_recreate_starts_clean(
         status = wait_for(c, "tuples")
         assert status["phase"] == "Succeeded", status
         (first_out,) = [k for k in steps if k != "later"]
-        assert steps[first_out] == ["ingest started", "ingest done"], "nothing ran after the delete"
+        expected = ["plan started", "plan done", "ingest started", "ingest done"]
+        assert steps[first_out] == expected, "nothing ran after the delete"
         assert "publish done" in steps["later"]
         uri = status["outputs"]["uri"]
         assert (Path(uri.removeprefix("file://")) / "summary.json").is_file()
@@ -272,7 +273,7 @@ def test_stopping_the_gateway_cancels_runs_and_the_next_start_requeues_them(tmp_
     def cooperative(task: Any, agents: Any, out: str, on_task: Any, cancel: Any) -> LocalRun:
         running.set()
         assert cancel.wait(30), "never cancelled"
-        raise RunCancelled("cancelled before step shards")
+        raise RunCancelled("cancelled before step etl")
 
     first = LocalTasks(agents, out, state, run=cooperative)
     first.create(validated(TASK, "default", "tuples"), "alice")

@@ -68,9 +68,13 @@ def test_gpu_agents_get_an_ollama_sidecar_with_gpu_scheduling() -> None:
     assert stage["metadata"]["labels"]["ai.stack/agent"] == "summarizer-agent"
     assert stage["retryStrategy"]["limit"] == "3" and stage["retryStrategy"]["backoff"]["duration"] == "10s"
     assert stage["script"]["args"][-1] == "aistack.pipelines.runtime:stage"
-    # map stages fan out over the shards; the DAG is ingest -> shards -> stages -> publish
+    # the DAG: plan -> ingest (one pod per input partition) -> etl -> map shards -> ... -> publish
     dag = {t["name"]: t for t in templates["pipeline"]["dag"]["tasks"]}
-    assert dag["qna-agent"]["withParam"] == "{{tasks.shards.outputs.result}}"
+    assert (
+        dag["ingest"]["withParam"] == "{{tasks.plan.outputs.result}}" and dag["ingest"]["depends"] == "plan"
+    )
+    assert dag["etl"]["depends"] == "ingest"
+    assert dag["qna-agent"]["withParam"] == "{{tasks.etl.outputs.result}}"
     assert (
         dag["summarizer-agent"]["depends"] == "qna-agent" and dag["publish"]["depends"] == "summarizer-agent"
     )
@@ -252,33 +256,40 @@ def test_hera_authored_pipeline_builds_a_valid_workflow() -> None:
     argo_validate(wf)
     main = next(t for t in wf["spec"]["templates"] if t["name"] == "main")
     tasks = {t["name"]: t for t in main["dag"]["tasks"]}
-    assert tasks["answer"]["withParam"] == "{{tasks.shards.outputs.result}}"
+    assert tasks["ingest"]["withParam"] == "{{tasks.plan.outputs.result}}"
+    assert tasks["answer"]["withParam"] == "{{tasks.etl.outputs.result}}"
 
 
 def test_single_file_input_and_empty_input_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """No usable input is a failure no retry can fix: the step exits PERMANENT_EXIT, which the
     compiled retryStrategy's expression does not retry, and says why on stderr."""
     from aistack.pipelines.run_spec import RunSpec, encode_text
-    from aistack.pipelines.runtime import PERMANENT_EXIT, PermanentStepError, ingest
+    from aistack.pipelines.runtime import PERMANENT_EXIT, PermanentStepError, etl, ingest, plan
+
+    def run_steps(spec: Any, workflow: str) -> str:
+        target = encode_text(tmp_path.as_uri())
+        for partition in json.loads(
+            plan(RunSpec(spec, {n: a.spec for n, a in agents.items()}).encode(), target, workflow)
+        ):
+            ingest(target, workflow, partition)
+        return etl(target, workflow)
 
     task, agents = load_task(QA)
     spec = task.spec.model_copy(deep=True)
     spec.input.include = "faq/design.html"  # type: ignore[union-attr]
-    run = RunSpec(spec, {n: a.spec for n, a in agents.items()})
-    out = ingest(run.encode(), encode_text(tmp_path.as_uri()), "wf-1")
-    assert out == f"{tmp_path.as_uri()}/runs/wf-1/etl"
-    assert read_manifest(out)["summary"]["documents"] == 1
+    assert json.loads(run_steps(spec, "wf-1")) == [{"shard": 0, "count": 1}]
+    assert read_manifest(f"{tmp_path.as_uri()}/runs/wf-1/etl")["summary"]["documents"] == 1
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.bin.txt").write_bytes(b"\x00\x01")
     spec.input.dataset, spec.input.include, spec.input.uri = None, None, (tmp_path / "bad").as_uri()  # type: ignore[union-attr]
     with pytest.raises(PermanentStepError) as stopped:
-        ingest(RunSpec(spec, run.agents).encode(), encode_text(tmp_path.as_uri()), "wf-2")
+        run_steps(spec, "wf-2")
     assert stopped.value.code == PERMANENT_EXIT
     assert isinstance(stopped.value.__cause__, ValueError)
     assert (
         "no usable documents" in stopped.value.message and "all rejected (binary=1)" in stopped.value.message
     )
-    assert "ingest failed, not retried: ValueError: no usable documents" in capsys.readouterr().err
+    assert "etl failed, not retried: ValueError: no usable documents" in capsys.readouterr().err
 
 
 def test_submit_creates_the_workflow_through_the_kubernetes_api(
