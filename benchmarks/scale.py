@@ -25,6 +25,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -64,19 +65,21 @@ def records_from_docs() -> list[str]:
 
 
 def upload_corpus(client: Any, prefix: str, megabytes: int, files: int = 8) -> int:
-    """`files` JSONL objects adding up to about `megabytes`; each line is a distinct record."""
+    """`files` JSONL objects adding up to about `megabytes`; each line is a distinct record. Written
+    to a temporary file and uploaded from it, so this process stays small."""
     pieces = records_from_docs()
     per_file = megabytes * 2**20 // files
     total, n = 0, 0
     for f in range(files):
-        lines: list[bytes] = []
-        size = 0
-        while size < per_file:
-            line = json.dumps({"text": f"Copy {n}. {pieces[n % len(pieces)]}"}).encode() + b"\n"
-            lines.append(line)
-            size += len(line)
-            n += 1
-        client.put_object(Bucket=BUCKET, Key=f"{prefix}/part-{f:02d}.jsonl", Body=b"".join(lines))
+        with tempfile.NamedTemporaryFile(suffix=".jsonl") as tmp:
+            size = 0
+            while size < per_file:
+                line = json.dumps({"text": f"Copy {n}. {pieces[n % len(pieces)]}"}).encode() + b"\n"
+                tmp.write(line)
+                size += len(line)
+                n += 1
+            tmp.flush()
+            client.upload_file(tmp.name, BUCKET, f"{prefix}/part-{f:02d}.jsonl")
         total += size
     return total
 
@@ -112,14 +115,10 @@ class Steps:
 
     @staticmethod
     def finish(process: subprocess.Popen[str]) -> dict[str, Any]:
-        assert process.stdout is not None and process.stderr is not None
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out, err = process.stdout.read(), process.stderr.read()
+        out, err = process.communicate()
         if process.returncode != 0:
             raise RuntimeError(f"step failed ({process.returncode}): {err[-3000:]}")
-        report = json.loads(out.strip().splitlines()[-1])
-        report["rss_mb"] = usage.ru_maxrss / 1024
+        report: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
         return report
 
     def run(self, step: str, **arguments: Any) -> dict[str, Any]:

@@ -1,10 +1,10 @@
 """Run one step function of aistack.pipelines.runtime in this process, as its pod would, counting the
-S3 requests and bytes it makes (botocore event hooks on the process's one client); prints JSON.
+S3 requests and bytes it makes (botocore event hooks on the process's one client) and its own peak
+RSS; prints JSON.
 
     python benchmarks/step_probe.py STEP '{"target": ..., "workflow": ...}'
 
-benchmarks/scale.py runs every step through it, in a process of its own, and reads the parent-side
-peak RSS (wait4) beside these counts.
+benchmarks/scale.py runs every step through it, in a process of its own.
 """
 
 from __future__ import annotations
@@ -47,8 +47,18 @@ def main() -> None:
     client.meta.events.register("after-call.s3", after)
     started = time.perf_counter()
     result = inspect.unwrap(getattr(runtime, step))(**arguments)
-    print(json.dumps({"result": result, "seconds": time.perf_counter() - started,
+    print(json.dumps({"result": result, "seconds": time.perf_counter() - started, "rss_mb": peak_rss_mb(),
                       "operations": operations, "requests_by_area": by_area, "get_bytes_by_area": got}))  # fmt: skip
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS since it started: VmHWM. (getrusage's ru_maxrss would include the
+    parent's RSS at the fork, which Linux carries over the exec.)"""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,9 @@ __all__ = [
 ]
 T = TypeVar("T")
 TOP_ERRORS = 3  # distinct error messages a stage's summary keeps, most frequent first
+# a reduce's part holds its groups' texts (each up to a context window): fewer of them per part
+REDUCE_PART_GROUPS = 128
+DISTINCT_ERRORS = 256  # distinct messages counted at most; later new ones count as "other errors"
 
 
 class StageFailedError(Exception):
@@ -88,7 +91,10 @@ class StageOutcome:
             t.call_ns += 0 if r["cached"] else r["total_duration_ns"]
             if r["error"] is not None:
                 t.errors += 1
-                self.error_messages[r["error"][:300]] += 1
+                message = r["error"][:300]
+                if message not in self.error_messages and len(self.error_messages) >= DISTINCT_ERRORS:
+                    message = "other errors"  # bounded: a message per record must not grow with the input
+                self.error_messages[message] += 1
 
     def count_done(self, done: PartTotals) -> None:
         t = self.totals_so_far
@@ -127,8 +133,9 @@ async def _run_in_parts(
     outcome: StageOutcome,
     sink: ResultParts | None,
     progress: ProgressFn | None,
+    part_size: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Run `call` on every item, a part at a time, at most the client's concurrency (times 4, to
+    """Run `call` on every item, a part at a time (PART_ROWS items unless `part_size`), at most the client's concurrency (times 4, to
     keep the server's queue full) in flight; returns the rows of the last part (for a reduce's
     final row). Parts a previous attempt wrote are skipped."""
     done = sink.done(group) if sink is not None else {}
@@ -143,7 +150,7 @@ async def _run_in_parts(
                 if progress:
                     progress(1)
 
-    for index, part in enumerate(_parts(items, PART_ROWS)):
+    for index, part in enumerate(_parts(items, part_size or PART_ROWS)):
         if index in done:
             outcome.count_done(done[index])
             last = []
@@ -250,6 +257,7 @@ async def run_reduce(
             outcome=outcome,
             sink=sink,
             progress=progress,
+            part_size=REDUCE_PART_GROUPS,
         )
         produced = outcome.attempted - before
         if produced <= 1:  # one call combined everything (or nothing was left): that row is the answer
