@@ -113,7 +113,8 @@ def test_kubectl_apply_twice_names_one_cronworkflow(tmp_path: Path) -> None:
     path.write_text(compile_task(task, agents).to_yaml())
     kubectl = str(tool("kubectl"))
     with ApiServer(tmp_path, ["argoproj.io/v1alpha1/cronworkflows"]) as api:
-        env = {"KUBECONFIG": str(api.kubeconfig), "PATH": "/usr/bin:/bin"}
+        # HOME too: kubectl keeps its discovery cache under $HOME/.kube, never in the checkout
+        env = {"KUBECONFIG": str(api.kubeconfig), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
         dry = [subprocess.run([kubectl, "apply", "--dry-run=client", "-o", "name", "-n", "default", "-f", str(path)],
                               env=env, capture_output=True, text=True, check=False) for _ in range(2)]  # fmt: skip
         assert [d.stdout.strip() for d in dry] == ["cronworkflow.argoproj.io/howto-digest"] * 2, dry[0].stderr
