@@ -119,7 +119,10 @@ class OllamaAgentSpec(Model):
     )
 
     model: str = Field(
-        min_length=1, max_length=256, description="Ollama model name, e.g. llama3 or qwen2.5:7b"
+        min_length=1,
+        max_length=256,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/+-]*$",
+        description="Ollama model name, e.g. llama3 or qwen2.5:7b (or hf.co/org/repo:tag)",
     )
     role: AgentRole = Field(description="The agent's role: its prompt template and output contract")
     mode: AgentMode = Field(
@@ -152,7 +155,13 @@ class OllamaAgentSpec(Model):
     )
     node_selector: dict[str, str] | None = Field(default=None, description="Overrides the GPU node selector")
     tolerations: list[Toleration] | None = Field(default=None, description="Overrides the GPU toleration")
-    image: str = Field(default="ollama/ollama:0.12.6", min_length=1, description="Ollama image")
+    image: str = Field(
+        default="ollama/ollama:0.12.6",
+        min_length=1,
+        max_length=512,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$",
+        description="Ollama image",
+    )
 
 
 class AgentPhase(StrEnum):

@@ -106,6 +106,28 @@ def server_resources(specs: list[OllamaAgentSpec]) -> dict[str, dict[str, str]]:
     return {k: v for k, v in (("limits", limits), ("requests", requests)) if v}
 
 
+def _literal(value: str, where: str) -> str:
+    """A value the compiler places in a template as it is: Argo would substitute a `{{` in it (and
+    fail the node on one it cannot resolve, or evaluate `{{=...}}`), so none may reach it."""
+    if "{{" in value:
+        raise ValueError(f"{where}: {value[:80]!r} contains '{{{{', which Argo would substitute; remove it")
+    return value
+
+
+def _agent_fields(name: str, spec: OllamaAgentSpec) -> None:
+    """Every field of an agent that lands in a template outside the encoded task."""
+    where = f"OllamaAgent {name!r}"
+    _literal(spec.model, f"{where}: spec.model")
+    _literal(spec.image, f"{where}: spec.image")
+    for i, e in enumerate(spec.env):
+        _literal(e.value, f"{where}: spec.env[{i}].value ({e.name})")
+    for k, v in (spec.node_selector or {}).items():
+        _literal(f"{k}={v}", f"{where}: spec.nodeSelector")
+    for i, t in enumerate(spec.tolerations or []):
+        for field_name, value in t.model_dump(exclude_none=True).items():
+            _literal(str(value), f"{where}: spec.tolerations[{i}].{field_name}")
+
+
 def _container_env(agents: dict[str, OllamaAgentSpec]) -> list[m.EnvVar]:
     """The agents' env entries that are not request options (those go in every request), which
     must agree where two agents share one model server."""
@@ -297,6 +319,8 @@ def compile_task(
         )
     spec = task.spec
     used = {n: agents[n].spec for n in spec.agent_refs()}
+    for agent_name, agent_spec in used.items():
+        _agent_fields(agent_name, agent_spec)
     parameters = run_spec.as_parameters(run_spec.RunSpec(spec, used), spec.output_target)
     labels = {"ai.stack/task": task.metadata.name, "app.kubernetes.io/part-of": "aistack"}
     annotations = {

@@ -258,3 +258,26 @@ def test_the_local_runner_fails_where_argo_fails() -> None:
                     scope) == "wf-1"  # fmt: skip
     with pytest.raises(KeyError, match="Argo expression"):
         _resolve("{{=1+1}}", scope)
+
+
+def test_agent_fields_that_land_in_templates_carry_no_tags() -> None:
+    """Agent fields compiled into a stage template (container env, node selector, tolerations) reach
+    Argo as they are: a `{{` there is refused at compile time, naming the field; model names and
+    images cannot hold one at all (the CRD's patterns)."""
+    from aistack.crds.models import OllamaAgentSpec
+
+    task, agents = load_task(QA)
+    agents["qna-agent"].spec.env.append(
+        type(agents["qna-agent"].spec.env[0])(name="OLLAMA_DEBUG", value="{{ x }}")
+    )
+    with pytest.raises(
+        ValueError, match=r"'qna-agent': spec.env\[3\].value \(OLLAMA_DEBUG\): .* contains '\{\{'"
+    ):
+        compile_task(task, agents)
+    task, agents = load_task(QA)
+    agents["qna-agent"].spec.node_selector = {"pool": "{{=1+1}}"}
+    with pytest.raises(ValueError, match="spec.nodeSelector"):
+        compile_task(task, agents)
+    for field_name, value in (("model", "llama{{x}}"), ("image", "ollama/ollama:{{=1+1}}")):
+        with pytest.raises(ValueError, match=field_name):
+            OllamaAgentSpec.model_validate({"model": "llama3", "role": "qna", field_name: value})
