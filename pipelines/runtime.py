@@ -121,9 +121,9 @@ def input_source(spec: TaskOrchestrationSpec, run_uri: str) -> tuple[str, str | 
             source = f"{root}/{spec.input.include}" if spec.input.include else root
             return source, root
         assert root is not None  # the CRD requires uri or dataset
-        if not spec.input.include:  # the user's own input, as they named it
-            return root, None
-        return f"{root.rstrip('/')}/{spec.input.include}", split_pattern(root)[0]
+        # what the URI names, and nothing a symlink in it leads to (a gateway allows roots, not links)
+        base = split_pattern(root)[0]
+        return (f"{root.rstrip('/')}/{spec.input.include}" if spec.input.include else root), base
     storage = open_storage(f"{run_uri.rstrip('/')}/input")
     storage.write_bytes("input.txt", (spec.input_text or "").encode())
     return storage.child("input.txt"), None

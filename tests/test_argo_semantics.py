@@ -276,7 +276,7 @@ def test_agent_fields_that_land_in_templates_carry_no_tags() -> None:
         compile_task(task, agents)
     task, agents = load_task(QA)
     agents["qna-agent"].spec.node_selector = {"pool": "{{=1+1}}"}
-    with pytest.raises(ValueError, match="spec.nodeSelector"):
+    with pytest.raises(ValueError, match=r"spec\.nodeSelector"):
         compile_task(task, agents)
     for field_name, value in (("model", "llama{{x}}"), ("image", "ollama/ollama:{{=1+1}}")):
         with pytest.raises(ValueError, match=field_name):

@@ -243,7 +243,15 @@ def test_cluster_mode_checks_file_uris_and_buckets(tmp_path: Path, model_host: s
 
 
 def test_a_cache_outside_the_gateways_out_is_refused(local: TestClient, tmp_path: Path) -> None:
-    task = copy.deepcopy(TASK)
-    task["spec"]["cache"] = {"uri": (tmp_path / "elsewhere").as_uri()}
-    r = local.post("/v1/tasks", json=task, headers=AUTH)
-    assert r.status_code == 403 and r.json()["message"].startswith("spec.cache.uri: file://"), r.text
+    out = (tmp_path / "out").as_uri()  # make_app's --out
+    elsewhere = (tmp_path / "elsewhere").as_uri()
+    # the second reads as under --out, but storage decodes it to a place outside
+    for name, uri in (("plain", elsewhere), ("encoded", f"{out}/%2e%2e/%2e%2e/elsewhere")):
+        task = copy.deepcopy(TASK)
+        task["metadata"]["name"] = name
+        task["spec"]["cache"] = {"uri": uri}
+        r = local.post("/v1/tasks", json=task, headers=AUTH)
+        assert r.status_code == 403 and r.json()["message"].startswith("spec.cache.uri: file://"), (
+            name,
+            r.text,
+        )

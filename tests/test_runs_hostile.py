@@ -72,3 +72,20 @@ def test_an_include_cannot_leave_its_dataset_through_a_symlink(
     assert "launch code" not in chunks and "Tuples are immutable" in chunks
     summary = json.loads((tmp_path / "out" / run.name / "summary.json").read_text())
     assert summary["etl"]["rejected"] == {"outside_input_root": 1}
+
+
+def test_an_input_uri_does_not_follow_a_symlink_out_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway allows input roots; a link inside a root must not lead its ETL elsewhere."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("The launch code is 0000. " * 20)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "tuples.txt").write_text("Tuples are immutable sequences. " * 20)
+    (corpus / "leak.txt").symlink_to(secret)
+    monkeypatch.setenv("OLLAMA_HOST", "http://127.0.0.1:9")
+    out = tmp_path.joinpath("out").as_uri()
+    run = run_task(task("linked", {"uri": corpus.as_uri()}), AGENTS, out=out, stand_in_engine="extractive")
+    rejected = read_table(f"{out}/runs/{run.name}/etl", "rejected").to_pylist()
+    assert [(Path(r["source"]).name, r["reason"]) for r in rejected] == [("leak.txt", "outside_input_root")]

@@ -145,6 +145,28 @@ def _first_outputs(uri: str) -> tuple[Any, ...]:
 RunFn = Callable[..., Any]
 
 
+def _inside(uri: str, root: str) -> bool:
+    """Whether `uri` names a place under `root` as storage resolves it (percent-encoding decoded,
+    `..` and symlinks resolved), not merely as the string reads."""
+    import os
+
+    from aistack.etl.errors import EtlError
+    from aistack.etl.storage import LocalStorage, open_storage
+
+    try:
+        target, base = open_storage(uri), open_storage(root)
+    except EtlError:
+        return False
+    if isinstance(target, LocalStorage) and isinstance(base, LocalStorage):
+        path, top = os.path.realpath(target.root), os.path.realpath(base.root)
+        return path == top or path.startswith(top.rstrip("/") + "/")
+    if isinstance(target, LocalStorage) or isinstance(base, LocalStorage):
+        return False
+    return target.uri == base.uri or (
+        target.uri.startswith(base.uri.rstrip("/") + "/") and ".." not in uri.split("/")
+    )
+
+
 class LocalTasks:
     """Runs tasks with the local runner on a small thread pool. Each task's record (object and
     status) is a JSON file under `state_dir` (gateway.state), written on every change, so a
@@ -210,7 +232,7 @@ class LocalTasks:
                 f"{', '.join(missing)}; this gateway has {', '.join(sorted(self.agents)) or 'none'}",
             )  # fmt: skip
         cache = task.spec.cache.uri
-        if cache and (".." in cache.split("/") or not (cache.rstrip("/") + "/").startswith(self.out + "/")):
+        if cache and not _inside(cache, self.out):
             raise GatewayError(403, "Forbidden", f"spec.cache.uri: {cache} is outside this gateway's --out "
                                f"({self.out}); leave it unset (the cache is kept beside the outputs)")  # fmt: skip
         key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
