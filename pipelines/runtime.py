@@ -316,7 +316,11 @@ def stage(target: str, workflow: str, stage_name: str, shard: int = 0, shard_cou
     )
     out = stage_uri(run, stage_name, shard)
     options = AgentStepOptions(
-        host=host, agent_hosts=hosts, cache_uri=cache_uri, refresh=task.cache.policy == "Refresh"
+        host=host,
+        agent_hosts=hosts,
+        cache_uri=cache_uri,
+        refresh=task.cache.policy == "Refresh",
+        label=f"shard {shard + 1} of {shard_count}" if st.mode == "map" and shard_count > 1 else "",
     )
     outcome = run_agent_step(stage_spec, records, out, options)
     totals = outcome.totals()

@@ -45,6 +45,7 @@ class AgentStepOptions:
     timeout: float = 600.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     summary: dict[str, object] = field(default_factory=dict)
+    label: str = ""  # which share of the stage this step runs, for messages (e.g. "shard 3 of 8")
 
 
 def run_agent_step(
@@ -89,22 +90,41 @@ def run_agent_step(
     sink = ResultParts(out_uri)
     outcome, stats = asyncio.run(go())
     summary = {**options.summary, "stage": stage.name, "budget_percent": stage.error_budget_percent}
-    sink.publish({**summary, **outcome.totals(), "client": stats}, rows=outcome.attempted)
+    totals = {**summary, **outcome.totals(), "client": stats}
+    sink.publish(totals, rows=outcome.attempted)
+    # past the budget, the step fails after publishing every row; a retry redoes the parts with
+    # errors (a model server that was down may be back) and takes the good answers from the cache
+    label = f"{stage.name!r}{f' ({options.label})' if options.label else ''}"
+    if (message := over_budget_message(label, stage.error_budget_percent, [totals], out_uri)) is not None:
+        raise StageFailedError(message)
     return outcome
 
 
-def check_error_budget(stage: str, percent: float, summaries: list[dict[str, Any]], where: str) -> None:
-    """Fail past the stage's error budget, counted over every shard, naming the commonest causes."""
+class UpstreamBudgetError(StageFailedError, ValueError):
+    """A stage read results past their stage's error budget: no retry of the reader can fix that."""
+
+
+def over_budget_message(
+    stage: str, percent: float, summaries: list[dict[str, Any]], where: str
+) -> str | None:
+    """Why the stage is past its error budget, counted over the given summaries (its shards), with
+    the commonest causes; None when it is within."""
     rows = sum(int(s.get("rows", 0)) for s in summaries)
     errors = sum(int(s.get("errors", 0)) for s in summaries)
     if errors * 100 <= percent * max(1, rows):
-        return
+        return None
     causes: Counter[str] = Counter()
     for s in summaries:
         for top in s.get("top_errors", []):
             causes[top["error"]] += int(top["count"])
     common = "; ".join(f"{n}x {e}" for e, n in causes.most_common(2))
-    raise StageFailedError(
-        f"stage {stage!r}: {errors} of {rows} records failed ({100 * errors / max(1, rows):.0f}%), over the "
+    return (
+        f"stage {stage}: {errors} of {rows} records failed ({100 * errors / max(1, rows):.0f}%), over the "
         f"{percent:g}% error budget; most common: {common}; the results, errors included, are at {where}"
     )
+
+
+def check_error_budget(stage: str, percent: float, summaries: list[dict[str, Any]], where: str) -> None:
+    """For a stage's readers: its results over all its shards must be within its error budget."""
+    if (message := over_budget_message(repr(stage), percent, summaries, where)) is not None:
+        raise UpstreamBudgetError(message)

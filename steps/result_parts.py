@@ -1,7 +1,7 @@
 """A stage step's results, written as they come: numbered Parquet parts, then a manifest.
 
 Part k of a group (`map`, or a reduce's `level-N`) holds the rows of that group's work items
-[k*PART_ROWS, (k+1)*PART_ROWS), in order, written whole (a temporary file renamed into place, or one
+[k*size, (k+1)*size) (size: PART_ROWS records, or a reduce's fewer groups), in order, written whole (a temporary file renamed into place, or one
 S3 object), so memory holds one part however big the shard, and a restarted pod finds the parts
 already done and skips their items: killed at 90%, it does not redo 90%. The manifest, written last
 (the etl.parquet_io format), lists every part in order, so readers see all of them or none.
@@ -65,16 +65,26 @@ class ResultParts:
             self._listed = {}
             for obj in self.storage.list("results"):
                 parts = obj.key.split("/")
-                if len(parts) == 3 and parts[2].startswith("part-") and parts[2].endswith(".parquet"):
-                    self._listed.setdefault(parts[1], {})[int(parts[2][5:10])] = obj.key
+                name = parts[-1]
+                if (
+                    len(parts) == 3
+                    and name.startswith("part-")
+                    and name.endswith(".parquet")
+                    and name[5:-8].isdigit()
+                ):
+                    self._listed.setdefault(parts[1], {})[int(name[5:-8])] = obj.key
         return self._listed.setdefault(group, {}) if group else {}
 
     def done(self, group: str) -> dict[int, PartTotals]:
-        """The parts of `group` a previous attempt finished, with their totals."""
+        """The parts of `group` a previous attempt finished without an error row, with their totals.
+        A part with errors is done again (its good answers come from the cache): the failure that
+        made a retry necessary may be gone."""
         finished = {}
         for index, key in sorted(self._parts(group).items()):
             with self.storage.local_copy(key) as path:
-                finished[index] = PartTotals.of(pq.read_table(path, columns=[*TOTAL_COLUMNS]))
+                totals = PartTotals.of(pq.read_table(path, columns=[*TOTAL_COLUMNS]))
+            if not totals.errors:
+                finished[index] = totals
         return finished
 
     def write(self, group: str, index: int, rows: list[dict[str, Any]]) -> None:

@@ -113,9 +113,6 @@ class StageOutcome:
             "top_errors": [{"count": n, "error": e} for e, n in self.error_messages.most_common(TOP_ERRORS)],
         }
 
-    def over_budget(self, percent: float) -> bool:
-        return self.errors * 100 > percent * max(1, self.attempted)
-
 
 def _parts(items: Iterable[T], size: int) -> Iterator[list[T]]:
     iterator = iter(items)

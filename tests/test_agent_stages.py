@@ -198,14 +198,20 @@ def test_error_budget_counts_every_shard_and_names_the_cause(tmp_path: Path) -> 
     with EmbeddedModelServer(
         models=["llama3"], stand_in_engine="extractive", faults=Faults(error_rate=0.5, seed=1)
     ) as server:
-        options = AgentStepOptions(host=server.url, retry=RetryPolicy(attempts=1))
-        outcomes = [run_agent_step(stage, records(20)[i::2], uri, options) for i, uri in enumerate(shards)]
+        for i, uri in enumerate(shards):
+            options = AgentStepOptions(
+                host=server.url, retry=RetryPolicy(attempts=1), label=f"shard {i + 1} of 2"
+            )
+            with pytest.raises(StageFailedError) as shard_failed:  # each shard fails, after publishing
+                run_agent_step(stage, records(20)[i::2], uri, options)
+            assert f"stage 'answer' (shard {i + 1} of 2): " in str(shard_failed.value)
+            assert "records failed" in str(shard_failed.value) and "HTTP 50" in str(shard_failed.value)
     tables = [read_table(uri, "results").to_pylist() for uri in shards]
     assert [len(t) for t in tables] == [10, 10], "every record has a row, failed ones included"
     failed = [r for t in tables for r in t if r["error"]]
     assert failed and all("HTTP 50" in r["error"] and r["response"] is None for r in failed)
-    assert sum(o.errors for o in outcomes) == len(failed)
     summaries = [read_manifest(uri)["summary"] for uri in shards]
+    assert sum(s["errors"] for s in summaries) == len(failed)
     with pytest.raises(StageFailedError) as err:
         check_error_budget("answer", 5, summaries, str(tmp_path))
     message = str(err.value)

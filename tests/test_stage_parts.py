@@ -106,3 +106,24 @@ def test_a_reduce_spills_each_level_and_marks_one_final_row(tmp_path: Path) -> N
     level_one = [i for r in rows if r["level"] == 1 for i in r["input_ids"]]
     assert level_one == [f"r{i:05d}" for i in range(300)]
     assert outcome.attempted == len(rows)
+
+
+def test_a_retry_redoes_the_parts_with_errors_and_recovers(tmp_path: Path) -> None:
+    """A model server failing every call on the first attempt: every row an error, the step fails past
+    its budget.
+    Retried with the server back, it redoes those parts (nothing is skipped as done) and succeeds."""
+    stage = StageSpec("answer", "map", QNA, StageSettings(question="Who created Python?"))
+    out = (tmp_path / "shard-0").as_uri()
+    from aistack.steps.model_client import RetryPolicy
+    from aistack.steps.stages import StageFailedError
+
+    from aistack.steps.model_server import Faults
+
+    with EmbeddedModelServer(faults=Faults(error_rate=1.0)) as failing:  # answers /api/tags, fails every call
+        down = AgentStepOptions(host=failing.url, retry=RetryPolicy(attempts=1))
+        with pytest.raises(StageFailedError, match=r"158 of 158 records failed .* most common: .*HTTP 50"):
+            run_agent_step(stage, records(RECORDS), out, down)
+    with EmbeddedModelServer() as server:
+        outcome = run_agent_step(stage, records(RECORDS), out, AgentStepOptions(host=server.url))
+        assert server.stats["generations"] == RECORDS, "every part was done again"
+    assert outcome.errors == 0 and read_manifest(out)["summary"]["errors"] == 0
