@@ -138,6 +138,15 @@ def reconcile_task(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, namesp
         created, fresh = kube.create_or_get_workflow(namespace, manifest)
         if fresh:
             metrics.WORKFLOWS_CREATED.labels(kind).inc()
+        previous = status.get("workflowName")
+        if kind == "CronWorkflow" and previous and previous != created["metadata"]["name"]:
+            # one schedule per task: the previous generation's stops (its running runs go on)
+            if kube.delete_cron_workflow(namespace, previous):
+                report(
+                    body,
+                    "ScheduleReplaced",
+                    f"CronWorkflow {previous} deleted: replaced by {created['metadata']['name']}",
+                )
         phase = "Scheduled" if kind == "CronWorkflow" else "Submitted"
         message = f"{kind} {created['metadata']['name']} {'created' if fresh else 'adopted'}"
         report(body, "WorkflowCreated" if fresh else "WorkflowAdopted", message)

@@ -26,6 +26,7 @@ CALLS: set[tuple[str, str, str]] = {
     ("argoproj.io", "workflows", "list"),
     ("argoproj.io", "cronworkflows", "create"),
     ("argoproj.io", "cronworkflows", "get"),
+    ("argoproj.io", "cronworkflows", "delete"),
     ("apps", "deployments", "create"),
     ("apps", "deployments", "get"),
     ("apps", "deployments", "patch"),
@@ -81,6 +82,17 @@ def create_or_get_workflow(namespace: str, body: dict[str, Any]) -> tuple[dict[s
         if exc.status != 409:
             raise
     return custom().get_namespaced_custom_object(*ARGO, namespace, plural, body["metadata"]["name"]), False
+
+
+def delete_cron_workflow(namespace: str, name: str) -> bool:
+    """Delete a CronWorkflow (its schedule stops; runs it started are left to finish); False if gone."""
+    try:
+        custom().delete_namespaced_custom_object(*ARGO, namespace, "cronworkflows", name)
+        return True
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
 
 
 def get_workflow(namespace: str, name: str) -> dict[str, Any] | None:

@@ -397,3 +397,27 @@ def test_the_stand_in_prunes_like_a_structural_schema(api: ApiServer, tmp_path: 
     finally:
         registries.set_default_registry(default)
     assert f"{INCONSISTENT}: (('remove', ('status', 'remember')" in runner.output
+
+
+def test_a_changed_schedule_replaces_the_previous_cronworkflow(api: ApiServer, operator: KopfRunner) -> None:
+    """A scheduled task has one schedule: a new generation's CronWorkflow replaces the previous one's
+    (which is deleted, or both would fire)."""
+    import copy
+
+    for agent in AGENTS:
+        create(api, agent)
+    wait_for(lambda: all(status_of(api, "ollamaagents", a["metadata"]["name"]).get("phase") == "Ready" for a in AGENTS),
+             what="agents Ready")  # fmt: skip
+    task = copy.deepcopy(TASK)
+    task["spec"]["schedule"] = {"cron": "0 3 * * *"}
+    create(api, task)
+    wait_for(lambda: api.names("cronworkflows") == ["answer-and-summarize-g1"], what="the first schedule")
+    client(api).patch_namespaced_custom_object(
+        "ai.stack", "v1alpha1", "default", "taskorchestrations", "answer-and-summarize",
+        {"metadata": {"generation": 2}, "spec": {"schedule": {"cron": "0 4 * * *"}}},
+    )  # fmt: skip
+    wait_for(lambda: api.names("cronworkflows") == ["answer-and-summarize-g2"], what="the schedule replaced")
+    (cron,) = api.objects("cronworkflows")
+    assert cron["spec"]["schedules"] == ["0 4 * * *"]
+    reasons = [reason for _, reason, _ in api.events_for("answer-and-summarize")]
+    assert "ScheduleReplaced" in reasons

@@ -115,9 +115,8 @@ def test_a_retry_redoes_the_parts_with_errors_and_recovers(tmp_path: Path) -> No
     stage = StageSpec("answer", "map", QNA, StageSettings(question="Who created Python?"))
     out = (tmp_path / "shard-0").as_uri()
     from aistack.steps.model_client import RetryPolicy
-    from aistack.steps.stages import StageFailedError
-
     from aistack.steps.model_server import Faults
+    from aistack.steps.stages import StageFailedError
 
     with EmbeddedModelServer(faults=Faults(error_rate=1.0)) as failing:  # answers /api/tags, fails every call
         down = AgentStepOptions(host=failing.url, retry=RetryPolicy(attempts=1))
