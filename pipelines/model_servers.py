@@ -24,7 +24,11 @@ def ollama_host() -> str:
 
 
 class ModelUnavailableError(RuntimeError):
-    """The model server cannot provide a model the stage needs."""
+    """The model server cannot provide a model the stage needs (it said so): no retry helps."""
+
+
+class ModelServerUnreachableError(RuntimeError):
+    """The model server could not be reached while pulling: a retry of the step may succeed."""
 
 
 def agent_hosts() -> dict[str, str]:
@@ -80,7 +84,7 @@ def wait_for_model(host: str, model: str, timeout: float = 900.0) -> None:
         raise ModelUnavailableError(
             f"the model server at {host} cannot provide {model!r}: {exc.error}"
         ) from None
-    except (ConnectionError, httpx.HTTPError) as exc:
-        raise ModelUnavailableError(f"pulling {model!r} at {host} failed: {exc}") from exc
+    except (ConnectionError, httpx.HTTPError) as exc:  # the network, not a refusal: a retry may get through
+        raise ModelServerUnreachableError(f"pulling {model!r} at {host} failed: {exc}") from exc
     if not listed():
         raise ModelUnavailableError(f"the model server at {host} pulled {model!r} but does not list it")

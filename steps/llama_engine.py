@@ -216,9 +216,9 @@ class LlamaEngine:
     async def _unload(self, runner: _Runner) -> None:
         if self._runners.get(runner.num_ctx) is runner:
             del self._runners[runner.num_ctx]
-        server, runner.server = runner.server, None
-        # the destructor joins llama.cpp's loop: not on the event loop
-        await asyncio.get_running_loop().run_in_executor(self._pool, _drop, server)
+        # the destructor joins llama.cpp's loop: the last reference is dropped on a pool thread
+        holder, runner.server = [runner.server], None
+        await asyncio.get_running_loop().run_in_executor(self._pool, holder.clear)
         log.info("unloaded %s (num_ctx %d)", self.path.name, runner.num_ctx)
 
     def _keep(self, runner: _Runner, request: GenerationRequest) -> None:
@@ -317,18 +317,16 @@ class LlamaEngine:
             eval_ns=int(float(timings.get("predicted_ms", 0.0)) * 1e6),
         )
 
-    def close(self) -> None:
+    def close(self, grace: float = 10.0) -> None:
+        """Unload every runner once its generations are done (at most `grace` seconds), then stop."""
         if self._closed.is_set():
             return
         self._closed.set()
-        for runner in list(self._runners.values()):
-            _drop(runner.server)
-        self._runners.clear()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _drop(server: Any) -> None:
-    del server
+        deadline = time.monotonic() + grace
+        while any(r.active for r in self._runners.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._runners.clear()  # the last references: each runner's destructor stops its llama.cpp loop
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _engine_error(error: Any, request: GenerationRequest) -> EngineError:
