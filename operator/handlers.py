@@ -139,14 +139,11 @@ def reconcile_task(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, namesp
         if fresh:
             metrics.WORKFLOWS_CREATED.labels(kind).inc()
         previous = status.get("workflowName")
-        if kind == "CronWorkflow" and previous and previous != created["metadata"]["name"]:
-            # one schedule per task: the previous generation's stops (its running runs go on)
-            if kube.delete_cron_workflow(namespace, previous):
-                report(
-                    body,
-                    "ScheduleReplaced",
-                    f"CronWorkflow {previous} deleted: replaced by {created['metadata']['name']}",
-                )
+        replaced = kind == "CronWorkflow" and previous and previous != created["metadata"]["name"]
+        # one schedule per task: the previous generation's stops (runs it started go on)
+        if replaced and kube.delete_cron_workflow(namespace, previous):
+            new = created["metadata"]["name"]
+            report(body, "ScheduleReplaced", f"CronWorkflow {previous} deleted: replaced by {new}")
         phase = "Scheduled" if kind == "CronWorkflow" else "Submitted"
         message = f"{kind} {created['metadata']['name']} {'created' if fresh else 'adopted'}"
         report(body, "WorkflowCreated" if fresh else "WorkflowAdopted", message)

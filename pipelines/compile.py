@@ -402,9 +402,13 @@ def compile_task(
             t_plan >> t_ingest >> t_shards
             tasks: dict[str, Any] = {}
             inputs = spec.stage_inputs()
+            modes = {s.stage_name: s.mode for s in spec.pipeline}
             for st, template in zip(spec.pipeline, stage_templates, strict=True):
                 args = {**run, "stage_name": st.stage_name}
-                if st.mode == "map":
+                # a map fans out over the chunks' shards, or over a map's; after a reduce or a chat
+                # there is one record set, and one pod for it
+                sharded = not inputs[st.stage_name] or any(modes[d] == "map" for d in inputs[st.stage_name])
+                if st.mode == "map" and sharded:
                     args |= {"shard": "{{item.shard}}", "shard_count": "{{item.count}}"}
                     t = template(name=st.stage_name, arguments=args, with_param=t_shards.result)
                 else:

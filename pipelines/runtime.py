@@ -193,16 +193,21 @@ def etl(target: str, workflow: str) -> str:
 
 
 def assign_shards(groups: list[tuple[str, int, int]], count: int) -> list[list[tuple[str, int]]]:
-    """Contiguous runs of whole row groups, `count` of them, each holding about chunks / count rows:
-    a shard reads its own row groups and nothing else."""
+    """`count` contiguous runs of whole row groups (count <= len(groups)), each at least one group and
+    holding about chunks / count rows: a shard reads its own row groups and nothing else."""
     total = sum(rows for _, _, rows in groups)
-    shards: list[list[tuple[str, int]]] = [[] for _ in range(count)]
-    seen = 0
-    for key, index, rows in groups:
-        # a row group goes to the shard its middle row falls in
-        shard = min(count - 1, (seen + rows // 2) * count // max(1, total))
-        shards[shard].append((key, index))
-        seen += rows
+    shards: list[list[tuple[str, int]]] = []
+    seen, i = 0, 0
+    for k in range(count):
+        left = count - k - 1  # shards after this one: each needs a group of its own
+        target = total * (k + 1) / count
+        shard = []
+        while i < len(groups) - left and (not shard or k == count - 1 or seen + groups[i][2] / 2 <= target):
+            key, index, rows = groups[i]
+            shard.append((key, index))
+            seen += rows
+            i += 1
+        shards.append(shard)
     return shards
 
 

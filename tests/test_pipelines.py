@@ -327,3 +327,30 @@ def test_orchestration_diagram_source_is_up_to_date() -> None:
         "regenerate: see docs/architecture.md"
     )
     assert "GPU x1" in dot and '"qna-agent" -> "summarizer-agent"' in dot
+
+
+def test_a_map_after_a_reduce_runs_one_pod_and_shards_are_never_empty() -> None:
+    """Only the chunks (and a map's shards) fan out: after a reduce or a chat there is one record set,
+    so a map there is one pod, not maxShards pods holding GPUs with nothing to read."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from aistack.pipelines.runtime import assign_shards
+
+    task, agents = load_task(QA)
+    task.spec.pipeline.append(
+        type(task.spec.pipeline[0])(agentRef="summarizer-agent", name="polish", mode="map")
+    )
+    dag = {t["name"]: t for t in next(t for t in compile_task(task, agents).to_dict()["spec"]["templates"]
+                                       if t["name"] == "pipeline")["dag"]["tasks"]}  # fmt: skip
+    assert "withParam" in dag["answer"] and "withParam" not in dag["polish"]
+
+    @given(st.lists(st.integers(1, 5000), min_size=1, max_size=40), st.data())
+    def contiguous_and_full(rows: list[int], data: st.DataObject) -> None:
+        groups = [("part.parquet", i, n) for i, n in enumerate(rows)]
+        count = data.draw(st.integers(1, len(groups)))
+        shards = assign_shards(groups, count)
+        assert len(shards) == count and all(shards), "every shard has a row group"
+        assert [g for s in shards for g in s] == [(k, i) for k, i, _ in groups], "in order, each once"
+
+    contiguous_and_full()
