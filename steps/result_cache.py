@@ -7,10 +7,11 @@ so on. A stage opens the segment of the part it is about to run (one read), look
 memory, and writes the part's new entries back as one file: a fully cached re-run of N records
 costs about N / PART_ROWS storage requests, not two per record.
 
-Reading a segment merges every file it has (normally one); writing one stores the merged entries
-and then removes the files it read, so segments do not grow with the number of runs. Two runs
-writing one segment at once each keep a file; the next reader merges both. An unreadable file is a
-miss (recomputed and rewritten), never an error.
+Reading a segment merges every file it has (normally one); writing one stores the entries the part
+used or added and then removes the files it read, so segments do not grow with the number of runs.
+Two runs writing one segment at once each keep a file; the next reader merges both. Tasks sharing a
+cache URI and a stage name share its segments: correct, but each run keeps only its own answers.
+An unreadable file is a miss (recomputed and rewritten), never an error.
 """
 
 from __future__ import annotations
@@ -56,19 +57,27 @@ class Segment:
     index: int
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
     added: dict[str, dict[str, Any]] = field(default_factory=dict)
+    used: set[str] = field(default_factory=set)  # entries this part asked for
     files: list[str] = field(default_factory=list)  # the files it was read from (replaced on save)
 
     def get(self, key: str) -> dict[str, Any] | None:
-        return self.added.get(key) or (None if self.cache.refresh else self.entries.get(key))
+        if key in self.added:
+            return self.added[key]
+        found = self.entries.get(key)
+        if found is not None:
+            self.used.add(key)
+        return found
 
     def put(self, key: str, value: dict[str, Any]) -> None:
         self.added[key] = value
 
     def save(self) -> None:
-        """Write this part's new entries (merged with the old) as one file; drop the files read."""
+        """Write this part's answers (the old ones it used and the new ones) as one file, then drop
+        the files it read: entries no run asks for any more fall away, so a segment holds one
+        part's worth whatever the history."""
         if not self.added:
             return
-        merged = {**self.entries, **self.added}
+        merged = {**{k: self.entries[k] for k in self.used}, **self.added}
         columns: dict[str, list[Any]] = {"key": list(merged)}
         for name in FIELDS:
             columns[name] = [entry[name] for entry in merged.values()]
@@ -81,7 +90,7 @@ class Segment:
                 self.cache.storage.delete(old)
             except StorageError:  # another writer's file, or gone already: the next reader merges
                 log.info("could not remove superseded cache file %s", old)
-        self.entries, self.added, self.files = merged, {}, [key]
+        self.entries, self.added, self.used, self.files = merged, {}, set(merged), [key]
         self.cache.saved(self.scope, self.index, key)
 
 
@@ -122,10 +131,11 @@ class ResultCache:
                 self._listing[scope][index] = [key]
 
     def segment(self, scope: str, index: int) -> Segment:
-        """The segment's entries, read from its files (none read when refreshing)."""
+        """The segment's entries, read from its files (not read when refreshing: the files are only
+        replaced)."""
         segment = Segment(self, scope, index)
         files = self._files(scope, index)
-        for key in files:
+        for key in [] if self.refresh else files:
             try:
                 self.stats["reads"] += 1
                 table = pq.read_table(pa.BufferReader(self.storage.read_bytes(key)))

@@ -126,3 +126,18 @@ def test_a_retry_redoes_the_parts_with_errors_and_recovers(tmp_path: Path) -> No
         outcome = run_agent_step(stage, records(RECORDS), out, AgentStepOptions(host=server.url))
         assert server.stats["generations"] == RECORDS, "every part was done again"
     assert outcome.errors == 0 and read_manifest(out)["summary"]["errors"] == 0
+
+
+def test_a_segment_keeps_only_the_answers_its_part_uses(tmp_path: Path) -> None:
+    """Entries no run asks for fall away when a part writes its segment: it does not grow with history."""
+    import pyarrow.parquet as pq
+
+    stage = StageSpec("answer", "map", QNA, StageSettings(question="Who?"), cache_scope="answer/shard-0-of-1")
+    cache = tmp_path / "cache"
+    with EmbeddedModelServer() as server:
+        options = AgentStepOptions(host=server.url, cache_uri=cache.as_uri())
+        run_agent_step(stage, records(10), (tmp_path / "a").as_uri(), options)
+        changed = [InputRecord(r.id, r.text + " Changed.") for r in records(10)]
+        run_agent_step(stage, changed[:5] + records(10)[5:], (tmp_path / "b").as_uri(), options)
+    (segment,) = (cache / "v2" / "answer" / "shard-0-of-1" / "map" / "000000").iterdir()
+    assert pq.read_table(segment).num_rows == 10, "5 reused + 5 new; the 5 replaced answers are gone"
