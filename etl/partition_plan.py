@@ -212,6 +212,31 @@ def write_plan(uri: str, partitions: list[Partition]) -> str:
     return storage.child(PLAN_FILE)
 
 
+def write_partitions(uri: str, partitions: list[Partition]) -> None:
+    """Each partition in a file of its own (`plan/part-N.json` under `uri`), then their count: a
+    reader of one partition reads only its own, whatever the input's number of files."""
+    storage = open_storage(uri)
+    for partition in partitions:
+        storage.write_bytes(f"plan/{partition.name}.json", partition.to_json().encode())
+    storage.write_bytes("plan/count.json", json.dumps({"partitions": len(partitions)}).encode())
+
+
+def partition_count(uri: str) -> int:
+    storage = open_storage(uri)
+    if not storage.exists("plan/count.json"):
+        raise EtlError(f"no partition plan at {uri}: plan/count.json is missing (did the plan step run?)")
+    return int(json.loads(storage.read_bytes("plan/count.json"))["partitions"])
+
+
+def read_partition(uri: str, index: int) -> Partition:
+    """Partition `index` of the plan `write_partitions` stored under `uri`."""
+    storage = open_storage(uri)
+    key = f"plan/part-{index:05d}.json"
+    if not 0 <= index < partition_count(uri) or not storage.exists(key):
+        raise EtlError(f"no partition {index} in the plan at {uri}")
+    return Partition.from_json(storage.read_bytes(key))
+
+
 def read_plan(uri: str) -> list[Partition]:
     """The plan `write_plan` stored under `uri`."""
     storage = open_storage(uri)

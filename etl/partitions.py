@@ -27,9 +27,12 @@ from aistack.etl.partition_plan import (
     PLAN_FORMAT,
     Partition,
     PartitionItem,
+    partition_count,
     plan_from_json,
     plan_to_json,
+    read_partition,
     read_plan,
+    write_partitions,
     write_plan,
 )
 from aistack.etl.records import SourceFile
@@ -41,11 +44,14 @@ __all__ = [
     "Partition",
     "PartitionItem",
     "merge_datasets",
+    "partition_count",
     "plan_from_json",
     "plan_partitions",
     "plan_to_json",
+    "read_partition",
     "read_plan",
     "run_etl_partition",
+    "write_partitions",
     "write_plan",
 ]
 

@@ -7,7 +7,7 @@ fixed places, so a 10-million-chunk run compiles to the same small Workflow as a
 
     <run>/spec.json                 the task and its agents, as the first step received them
     <run>/input/...                 inline input text, when the task has `inputText`
-    <run>/etl/partitions.json       the input cut into partitions (`plan`)
+    <run>/etl/plan/part-N.json      the input cut into partitions, one file each (`plan`)
     <run>/etl/part-N/               one partition's documents, chunks, rejected (`ingest`, N pods)
     <run>/etl/                      all of them as one dataset, and shards.json (`etl`)
     <run>/stages/<stage>/shard-N/   results of one shard of a stage, written part by part
@@ -34,7 +34,14 @@ from aistack.etl.errors import EtlError, StorageError
 from aistack.etl.job import EtlOptions
 from aistack.etl.loaders import LoaderOptions
 from aistack.etl.parquet_io import chunk_row_groups, iter_row_groups, read_manifest
-from aistack.etl.partitions import merge_datasets, plan_partitions, read_plan, run_etl_partition, write_plan
+from aistack.etl.partitions import (
+    merge_datasets,
+    partition_count,
+    plan_partitions,
+    read_partition,
+    run_etl_partition,
+    write_partitions,
+)
 from aistack.etl.storage import open_storage, split_pattern
 from aistack.pipelines import run_spec
 from aistack.pipelines.datasets import dataset_path, datasets_dir
@@ -151,7 +158,7 @@ def plan(spec: str, target: str, workflow: str) -> str:
     partitions = plan_partitions(
         source, task.max_shards, confine_to=confine, loader=etl_options(task, confine).loader
     )
-    write_plan(f"{run}/etl", partitions)
+    write_partitions(f"{run}/etl", partitions)
     return json.dumps([p.index for p in partitions])
 
 
@@ -160,10 +167,7 @@ def ingest(target: str, workflow: str, partition: int) -> str:
     """Load, clean and chunk one partition of the input into `<run>/etl/part-N/`."""
     run = run_spec.run_uri(target, workflow)
     task = run_spec.load(run).task
-    partitions = read_plan(f"{run}/etl")
-    if not 0 <= partition < len(partitions):
-        raise ValueError(f"no partition {partition}: the plan at {run}/etl has {len(partitions)}")
-    part = partitions[partition]
+    part = read_partition(f"{run}/etl", partition)  # its own, not the whole plan
     out = f"{run}/etl/{part.name}"
     summary = run_etl_partition(part, out, etl_options(task, None))  # confined as the plan recorded
     return json.dumps({"dataset": out, "documents": summary.documents, "rejected": summary.rejected_total})
@@ -177,8 +181,8 @@ def etl(target: str, workflow: str) -> str:
     run = run_spec.run_uri(target, workflow)
     task = run_spec.load(run).task
     dataset = f"{run}/etl"
-    partitions = read_plan(dataset)
-    merged = merge_datasets([f"{dataset}/{p.name}" for p in partitions], dataset)
+    names = [f"part-{i:05d}" for i in range(partition_count(dataset))]
+    merged = merge_datasets([f"{dataset}/{name}" for name in names], dataset)
     summary = merged["summary"]
     if summary["documents"] == 0:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(summary["rejected"].items()))
