@@ -46,25 +46,46 @@ def _json_record(line: bytes | str, where: str, options: LoaderOptions) -> Recor
     return LoadedDocument(where, text, size, {"format": "jsonl", **meta})
 
 
-def iter_lines(fh: BinaryIO, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
-    """(offset, line) of every line whose first byte lies in [start, end) (`end` None: to EOF).
+LINE_BLOCK = 1 << 20  # how much of an over-long line is read at a time while skipping it
+
+
+def _skip_line(fh: BinaryIO) -> int:
+    """Read to the end of the current line in bounded blocks; the bytes skipped."""
+    skipped = 0
+    while block := fh.readline(LINE_BLOCK):
+        skipped += len(block)
+        if block.endswith(b"\n"):
+            break
+    return skipped
+
+
+def iter_lines(
+    fh: BinaryIO, start: int = 0, end: int | None = None, limit: int | None = None
+) -> Iterator[tuple[int, bytes | None, int]]:
+    """(offset, line, length) of every line whose first byte lies in [start, end) (`end` None: to EOF).
 
     A line belongs to the range that holds its first byte: a reader starting at `start` > 0
     skips the partial line there unless byte `start - 1` is a newline, and reads whole lines
     while they start before `end`, so ranges that tile a file read each line exactly once.
+    A line longer than `limit` bytes is never held in memory: it comes as (offset, None, length).
     """
     pos = start
     if start > 0:
         fh.seek(start - 1)
         if fh.read(1) != b"\n":
-            pos += len(fh.readline())  # the rest of a line that began before `start`
+            pos += _skip_line(fh)  # the rest of a line that began before `start`
     else:
         fh.seek(0)
     while end is None or pos < end:
-        line = fh.readline()
+        line = fh.readline(limit + 1) if limit is not None else fh.readline()
         if not line:
             return
-        yield pos, line
+        if limit is not None and len(line) > limit and not line.endswith(b"\n"):
+            length = len(line) + _skip_line(fh)
+            yield pos, None, length
+            pos += length
+            continue
+        yield pos, line, len(line)
         pos += len(line)
 
 
@@ -86,8 +107,15 @@ def load_jsonl(
         if codec is None:
             if isinstance(fh, RangedReader):
                 fh.limit_read_ahead(end)
-            for offset, line in iter_lines(fh, start, end):
-                yield _line_record(line, f"{source.uri}#byte={offset}", options)
+            for offset, line, length in iter_lines(fh, start, end, options.max_document_bytes):
+                where = f"{source.uri}#byte={offset}"
+                if line is None:
+                    message = (
+                        f"a line of {length} bytes exceeds max_document_bytes={options.max_document_bytes}"
+                    )
+                    yield Rejection(where, "load", "too_large", message, length)
+                else:
+                    yield _line_record(line, where, options)
         elif start == 0:  # UTF-16/32 is not cut by bytes: the range at 0 reads it whole, others nothing
             yield from _decoded_lines(fh, codec, head, source, options)
 

@@ -338,3 +338,22 @@ def test_one_run_over_every_bad_entry_publishes_the_good_ones(tmp_path: Path) ->
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "13 = 4 + 9" in done.stdout
+
+
+def test_a_huge_jsonl_line_is_rejected_without_being_read_whole(tmp_path: Path) -> None:
+    from aistack.etl.job import EtlOptions, run_etl
+    from aistack.etl.loaders import LoaderOptions
+    from aistack.etl.parquet_io import read_table
+
+    path = tmp_path / "docs.jsonl"
+    with path.open("wb") as fh:
+        fh.write(b'{"text": "a fine record"}\n{"text": "')
+        for _ in range(8):  # an 8 MB line with no newline until its end
+            fh.write(b"x" * 2**20)
+        fh.write(b'"}\n{"text": "another fine record"}\n')
+    out = (tmp_path / "out").as_uri()
+    summary = run_etl(str(path), out, EtlOptions(loader=LoaderOptions(max_document_bytes=2**20)))
+    assert (summary.documents, summary.rejected_total) == (2, 1)
+    (row,) = read_table(out, "rejected").to_pylist()
+    assert row["reason"] == "too_large" and row["source"].endswith("#byte=26")
+    assert "exceeds max_document_bytes=1048576" in row["message"]

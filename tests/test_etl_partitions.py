@@ -201,9 +201,9 @@ def test_byte_ranges_read_every_line_once_on_a_file(tmp_path: Path) -> None:
         bounds = sorted({0, *cuts})
         with path.open("rb") as fh:
             got = [
-                line
+                (offset, line)
                 for i, start in enumerate(bounds)
-                for line in iter_lines(fh, start, bounds[i + 1] if i + 1 < len(bounds) else None)
+                for offset, line, _ in iter_lines(fh, start, bounds[i + 1] if i + 1 < len(bounds) else None)
             ]
         assert got == expected
 
@@ -224,19 +224,24 @@ def _lines(data: bytes) -> list[tuple[int, bytes]]:
     lines=st.lists(st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"")), max_size=30),
     last_newline=st.booleans(),
     cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=8),
+    limit=st.one_of(st.none(), st.integers(min_value=1, max_value=14)),
 )
 def test_byte_range_reader_reads_each_line_exactly_once(
-    lines: list[bytes], last_newline: bool, cuts: list[int]
+    lines: list[bytes], last_newline: bool, cuts: list[int], limit: int | None
 ) -> None:
+    """Also with a `limit`: a longer line is skipped in bounded reads and reported by its length."""
     data = b"\n".join(lines) + (b"\n" if last_newline and lines else b"")
     bounds = sorted({0, *(c for c in cuts if c < max(len(data), 1))})
     fh = io.BytesIO(data)
-    got: list[tuple[int, bytes]] = []
+    got: list[tuple[int, bytes | None, int]] = []
     for i, start in enumerate(bounds):
         end = bounds[i + 1] if i + 1 < len(bounds) else None
-        got.extend(iter_lines(fh, start, end))
-    assert got == _lines(data)
-    assert b"".join(line for _, line in got) == data
+        got.extend(iter_lines(fh, start, end, limit))
+    expected = _lines(data)
+    assert [(offset, length) for offset, _, length in got] == [(o, len(line)) for o, line in expected]
+    for (_, line, _), (_, whole) in zip(got, expected, strict=True):
+        too_long = limit is not None and len(whole) - whole.endswith(b"\n") > limit
+        assert line == (None if too_long else whole)
 
 
 def test_utf16_jsonl_is_read_once_by_the_range_at_its_start(tmp_path: Path) -> None:
