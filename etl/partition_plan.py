@@ -73,9 +73,9 @@ class PartitionItem:
                 fmt == "jsonl"
                 and isinstance(byte_range, list)
                 and len(byte_range) == 2
-                and _is_int(byte_range[0])
+                and is_count(byte_range[0])
                 and byte_range[0] >= 0
-                and (byte_range[1] is None or (_is_int(byte_range[1]) and byte_range[1] > byte_range[0]))
+                and (byte_range[1] is None or (is_count(byte_range[1]) and byte_range[1] > byte_range[0]))
             )
             if not ok:
                 raise EtlError(
@@ -84,7 +84,7 @@ class PartitionItem:
             byte_range = (byte_range[0], byte_range[1])
         groups = data.get("row_groups")
         if groups is not None:
-            ok = fmt == "parquet" and isinstance(groups, list) and groups and all(_is_int(g) for g in groups)
+            ok = fmt == "parquet" and isinstance(groups, list) and groups and all(is_count(g) for g in groups)
             if not ok or groups != sorted(set(groups)) or groups[0] < 0:
                 raise EtlError(
                     f"{where}.row_groups: {groups!r} is not ascending row groups of a .parquet file"
@@ -170,7 +170,8 @@ def _piece(storage: Storage, item: PartitionItem) -> SourcePiece:
     return SourcePiece(SourceFile(storage, obj), item.byte_range, item.row_groups, item.bytes)
 
 
-def _is_int(value: object) -> bool:
+def is_count(value: object) -> bool:
+    """An int that is not a bool (JSON and Python both let True pass for 1)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 

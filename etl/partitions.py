@@ -27,6 +27,7 @@ from aistack.etl.partition_plan import (
     PLAN_FORMAT,
     Partition,
     PartitionItem,
+    is_count,
     partition_count,
     plan_from_json,
     plan_to_json,
@@ -59,11 +60,6 @@ DEFAULT_TARGET_BYTES = 64 * 2**20
 # A cut closer than this fraction of a partition's share to a file's edge moves to the edge:
 # a sliver of a file is not worth a range of its own.
 SNAP_FRACTION = 1 / 16
-
-
-def is_count(value: object) -> bool:
-    """An int that is not a bool (JSON and Python both let True pass for 1)."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(slots=True)

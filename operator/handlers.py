@@ -42,7 +42,6 @@ from aistack.pipelines.run_spec import stable_name
 
 AGENT_RETRY_SECONDS = float(os.environ.get("AISTACK_AGENT_RETRY_SECONDS", "15"))
 FOLLOW_SECONDS = float(os.environ.get("AISTACK_FOLLOW_SECONDS", "10"))
-# Argo's limits: a Workflow name is a label value (63); a CronWorkflow's runs add "-<unix time>" (52 + 11)
 log = logging.getLogger("aistack.operator")
 
 

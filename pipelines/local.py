@@ -114,7 +114,7 @@ class ModelPlacement:
 
 def _ollama_has(host: str, model: str, on_event: Callable[[str], None] | None) -> bool:
     """Whether the Ollama at `host` has `model`, pulling it if it can (as `ollama run` does)."""
-    wanted = model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
+    wanted = normalize(model)
     client = ollama.Client(host=host, timeout=30)
     try:
         if any(m.model in (model, wanted) for m in client.list().models):

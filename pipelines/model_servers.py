@@ -11,10 +11,9 @@ import time
 import httpx
 import ollama
 
+from aistack.steps.model_names import full_name
 
-def normalize_model(name: str) -> str:
-    """Ollama's full model name: the tag defaults to `latest`."""
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+normalize_model = full_name
 
 
 def ollama_host() -> str:

@@ -17,6 +17,7 @@ from aistack.crds.models import TaskOrchestrationSpec
 from aistack.etl.parquet_io import DatasetWriter, read_manifest
 from aistack.etl.schemas import RESULTS
 from aistack.etl.storage import open_storage
+from aistack.steps.model_names import full_name
 
 MAX_OUTPUTS = 20  # final answers copied into summary.json (all of them are in `results`)
 
@@ -29,10 +30,6 @@ def row_groups(uri: str, table: str) -> Iterator[pa.Table]:
             parquet = pq.ParquetFile(path)
             for i in range(parquet.num_row_groups):
                 yield parquet.read_row_group(i)
-
-
-def _normalized(model: str) -> str:
-    return model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
 
 
 def publish_run(task: TaskOrchestrationSpec, run: str, run_id: str, stages: dict[str, list[str]]) -> str:
@@ -70,7 +67,7 @@ def publish_run(task: TaskOrchestrationSpec, run: str, run_id: str, stages: dict
                         models[row["model"]] = {
                             "served_by": row["served_model"],
                             "engine": row["engine"],
-                            "stand_in": _normalized(row["model"]) != row["served_model"],
+                            "stand_in": full_name(row["model"]) != row["served_model"],
                         }
                 if stage in final_stages and len(outputs) < MAX_OUTPUTS:
                     answered = group.filter(pc.and_(group.column("final"), pc.is_null(group.column("error"))))

@@ -68,8 +68,15 @@ def _replace(api: Any, ns: str, plural: str, body: dict[str, Any]) -> dict[str, 
     from kubernetes.client.exceptions import ApiException
 
     name = body["metadata"]["name"]
+    task = (body["metadata"].get("labels") or {}).get("ai.stack/task")
     try:
         current = api.get_namespaced_custom_object(ARGO_GROUP, ARGO_VERSION, ns, plural, name)
+        theirs = (current["metadata"].get("labels") or {}).get("ai.stack/task")
+        if theirs != task:  # someone else's object by that name: never overwrite it
+            raise RuntimeError(
+                f"{body['kind']} {ns}/{name} exists and is not task {task!r}'s (its ai.stack/task label is "
+                f"{theirs!r}); delete it or give --name"
+            )
         body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         replaced = api.replace_namespaced_custom_object(ARGO_GROUP, ARGO_VERSION, ns, plural, name, body)
     except ApiException as exc:

@@ -23,6 +23,7 @@ import httpx
 import ollama
 
 from aistack.etl.schemas import content_hash
+from aistack.steps.model_names import full_name
 from aistack.steps.result_cache import ResultCache, Segment
 
 RETRYABLE_STATUS = frozenset({-1, 408, 429, 500, 502, 503, 504})
@@ -172,7 +173,7 @@ class ModelClient:
         if model in self._models:
             return self._models[model]
         listing, _ = await self._with_retries("listing models", self._client.list)
-        wanted = model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
+        wanted = full_name(model)
         entry = next((m for m in listing.models if m.model in (model, wanted)), None)
         if entry is None:
             names = ", ".join(sorted(m.model or "" for m in listing.models)) or "none"

@@ -47,6 +47,7 @@ from aistack.steps.engine_api import (
     keep_alive_seconds,
 )
 from aistack.steps.extractive import EXTRACTIVE_MODEL, ExtractiveEngine
+from aistack.steps.model_names import full_name
 from aistack.steps.server_faults import BUSY, CRASH, Faults
 
 __all__ = ["BUSY", "CRASH", "EmbeddedModelServer", "Faults", "normalize"]
@@ -60,8 +61,7 @@ except PackageNotFoundError:  # pragma: no cover
     _VERSION = "0.0.0"
 
 
-def normalize(name: str) -> str:
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+normalize = full_name  # the server's name for it
 
 
 def _iso(epoch: float) -> str:
