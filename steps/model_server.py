@@ -37,13 +37,13 @@ from typing import Any
 from aiohttp import web
 
 from aistack.etl.encodings import load_encoding
-from aistack.steps import model_weights
+from aistack.steps import model_weights, ollama_api
+from aistack.steps.background_server import BackgroundServer
 from aistack.steps.engine_api import (
     Engine,
     EngineError,
     Generation,
     GenerationRequest,
-    check_options,
     keep_alive_seconds,
 )
 from aistack.steps.extractive import EXTRACTIVE_MODEL, ExtractiveEngine
@@ -80,7 +80,7 @@ class Served:
 
 
 @dataclass
-class EmbeddedModelServer:
+class EmbeddedModelServer(BackgroundServer):
     models: list[str] = field(default_factory=list)  # names to serve besides the native ones
     parallel: int = 4
     max_queue: int = 512
@@ -115,11 +115,8 @@ class EmbeddedModelServer:
         self._engines_lock = threading.Lock()
         self._pending = 0
         self._slots: dict[str, asyncio.Semaphore] = {}
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
         self._reaper: asyncio.Task[None] | None = None
-        self.url = ""
+        self.thread_name = "aistack-model-server"
 
     def _add(self, name: str, engine: str, stand_in: bool) -> None:
         full = normalize(name)
@@ -309,51 +306,7 @@ class EmbeddedModelServer:
         return await self._complete(request, chat=False)
 
     def _generation_request(self, body: dict[str, Any], served: Served, chat: bool) -> GenerationRequest:
-        """Ollama's request checked as Ollama checks it, for the engine; EngineError if refused."""
-        name = served.name
-        fmt = body.get("format")
-        if fmt not in (None, "", "json") and not isinstance(fmt, dict):
-            raise EngineError(
-                400, f'invalid format: {json.dumps(fmt)}; expected "json" or a valid JSON Schema object'
-            )
-        if body.get("think"):
-            raise EngineError(400, f'"{name}" does not support thinking')
-        raw_prompt = None
-        if chat:
-            messages = body.get("messages")
-            if messages is not None and not isinstance(messages, list):
-                raise EngineError(400, "messages must be a list")
-            messages = messages or []
-            if body.get("tools"):
-                raise EngineError(400, f'"{name}" does not support tools')
-            for m in messages:
-                if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool"):
-                    raise EngineError(400, "each message needs a role: system, user, assistant or tool")
-                if m.get("images"):
-                    raise EngineError(400, f'"{name}" does not support images')
-        else:
-            if body.get("images"):
-                raise EngineError(400, f'"{name}" does not support images')
-            if body.get("suffix"):
-                raise EngineError(400, f'"{name}" does not support insert')
-            if body.get("raw") and (body.get("template") or body.get("system") or body.get("context")):
-                raise EngineError(400, "raw mode does not support template, system, or context")
-            if body.get("template"):
-                raise EngineError(400, "the embedded engines do not support template overrides")
-            prompt, system = str(body.get("prompt") or ""), str(body.get("system") or "")
-            if body.get("raw"):
-                raw_prompt, messages = prompt, []
-            else:
-                messages = [*([{"role": "system", "content": system}] if system else []),
-                            *([{"role": "user", "content": prompt}] if prompt else [])]  # fmt: skip
-        return GenerationRequest(
-            model=name,
-            messages=messages,
-            options=check_options(body.get("options")),
-            format=fmt or None,
-            raw_prompt=raw_prompt,
-            keep_alive=keep_alive_seconds(body.get("keep_alive"), self.default_keep_alive),
-        )
+        return ollama_api.generation_request(body, served.name, chat, self.default_keep_alive)
 
     async def _complete(self, request: web.Request, chat: bool) -> web.StreamResponse:
         self.stats["requests"] += 1
@@ -444,33 +397,15 @@ class EmbeddedModelServer:
             if not task.done():
                 task.cancel()  # the client went away: stop generating
 
+    @staticmethod
     def _final(
-        self, served: Served, chat: bool, generation: Generation, started: int, content: str = ""
+        served: Served, chat: bool, generation: Generation, started: int, content: str = ""
     ) -> dict[str, Any]:
-        out = self._part(served, chat, content, done=True)
-        out.update(
-            {
-                "done_reason": generation.done_reason,
-                "total_duration": time.perf_counter_ns() - started,
-                "load_duration": generation.load_ns,
-                "prompt_eval_count": generation.prompt_tokens,
-                "prompt_eval_duration": generation.prompt_eval_ns,
-                "eval_count": generation.eval_tokens,
-                "eval_duration": generation.eval_ns,
-            }
-        )
-        return out
+        return ollama_api.final(served.name, chat, generation, started, content)
 
     @staticmethod
     def _part(served: Served, chat: bool, text: str, done: bool) -> dict[str, Any]:
-        """One response object: chat carries a message, generate a response string."""
-        created = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-        part: dict[str, Any] = {"model": served.name, "created_at": created, "done": done}
-        if chat:
-            part["message"] = {"role": "assistant", "content": text}
-        else:
-            part["response"] = text
-        return part
+        return ollama_api.part(served.name, chat, text, done)
 
     async def _embed(self, request: web.Request) -> web.Response:
         parsed = await self._model_request(request)
@@ -509,71 +444,14 @@ class EmbeddedModelServer:
                 except Exception:  # an unload that failed is retried on the next round
                     log.exception("unloading idle models failed")
 
-    async def _start_site(self, host: str, port: int) -> str:
-        self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, backlog=1024)
-        await site.start()
-        sock = site._server.sockets[0]  # type: ignore[union-attr]
-        bound_host, bound_port = sock.getsockname()[:2]
-        self.url = f"http://{bound_host}:{bound_port}"
+    async def _started(self) -> None:
         self._reaper = asyncio.ensure_future(self._reap_forever())
-        return self.url
 
-    async def _shutdown(self) -> None:
+    async def _stopping(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
+
+    async def _shutdown(self) -> None:
+        await super()._shutdown()
         for engine in self._engines.values():
             await asyncio.to_thread(engine.close)
-
-    def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Serve on a background thread with its own event loop; returns the base URL."""
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            try:
-                self._loop.run_until_complete(self._start_site(host, port))
-            except BaseException as exc:  # reported to the starting thread
-                failure.append(exc)
-                ready.set()
-                return
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="aistack-model-server", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if failure:
-            raise failure[0]
-        return self.url
-
-    def stop(self) -> None:
-        if self._loop is None or self._runner is None:
-            return
-        loop = self._loop
-        asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread:
-            self._thread.join(timeout=10)
-        loop.close()
-        self._loop = self._runner = None
-
-    def __enter__(self) -> EmbeddedModelServer:
-        if not self.url:
-            self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    async def serve(self, host: str, port: int) -> None:
-        """Serve in the current event loop until cancelled (the CLI)."""
-        await self._start_site(host, port)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await self._shutdown()
