@@ -307,11 +307,13 @@ def run_task(
         wf = compile_task(task, agents, name=name)
     used = {n: agents[n] for n in task.spec.agent_refs()}
     placement = place_models(used, stand_in_engine, on_event)
+    # the steps find their model servers where a pod's would: in the environment (one run at a time
+    # per process: the gateway runs its local tasks on one worker by default)
     saved = {k: os.environ.get(k) for k in ("OLLAMA_HOST", "AISTACK_AGENT_HOSTS")}
     first = placement.hosts[task.spec.pipeline[0].agent_ref]
-    os.environ["OLLAMA_HOST"] = first
-    os.environ["AISTACK_AGENT_HOSTS"] = json.dumps(placement.hosts, sort_keys=True)
     try:
+        os.environ["OLLAMA_HOST"] = first
+        os.environ["AISTACK_AGENT_HOSTS"] = json.dumps(placement.hosts, sort_keys=True)
         results = execute(wf, workers, on_task, cancel)
     finally:
         for key, value in saved.items():
