@@ -9,7 +9,6 @@ claims), GPU nodes as the steps select and tolerate them, the operator and its p
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from aistack.crds.models import GROUP, VERSION, OllamaAgent, TaskOrchestration
 from aistack.crds.schema import KINDS, resource_schema
-from aistack.operator.kube import CALLS, OWNER_FINALIZERS
+from aistack.operator.kube import CALLS, OWNER_FINALIZERS, _or_none
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 GPU = "nvidia.com/gpu"
@@ -50,15 +49,6 @@ class Options:
     operator_account: str = "aistack-operator"
     task: TaskOrchestration | None = None
     agents: dict[str, OllamaAgent] | None = None
-
-
-def _or_none(read: Callable[..., Any], *args: Any) -> Any:
-    try:
-        return read(*args)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
 
 
 def api_clients(kubeconfig: str | None, impersonate: str) -> tuple[client.ApiClient, client.ApiClient]:

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from aistack.console import console, fail, out, say, summary_table
+from aistack.console import fail, out, progress_bar, say, summary_table
 
 MIN_CHUNK_TOKENS = 8  # aistack.etl.chunking.MIN_MAX_TOKENS, without importing numpy for the check
 
@@ -73,15 +73,6 @@ def etl_command(
     except ValueError as exc:
         fail(exc)
     _bounded_malloc()
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
     from aistack.etl.chunking import ChunkingOptions
     from aistack.etl.job import EtlOptions, run_etl
     from aistack.etl.loaders import LoaderOptions
@@ -94,13 +85,7 @@ def etl_command(
             ),
             threads=workers or os.cpu_count() or 2,
         )
-        columns = (
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-        )
-        with Progress(*columns, TimeRemainingColumn(), console=console, transient=False) as bar:
+        with progress_bar() as bar:
             task = bar.add_task("etl", total=None)
             summary = run_etl(
                 source,

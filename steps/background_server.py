@@ -3,6 +3,7 @@ caller's event loop: the embedded model server's way of running, in a test, a lo
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import threading
@@ -11,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 
-class BackgroundServer:
+class BackgroundServer(abc.ABC):
     """Subclasses give `app()`, and may hook `_started()` / `_stopping()` (run on the server's loop)."""
 
     url: str = ""
@@ -20,14 +21,17 @@ class BackgroundServer:
     _thread: threading.Thread | None = None
     thread_name = "aistack-server"
 
+    @abc.abstractmethod
     def app(self) -> web.Application:
-        raise NotImplementedError
+        """The application to serve."""
 
     async def _started(self) -> None:
-        """After the site listens."""
+        """After the site listens: nothing by default."""
+        return None
 
     async def _stopping(self) -> None:
-        """Before the site closes its connections."""
+        """Before the site closes its connections: nothing by default."""
+        return None
 
     async def _start_site(self, host: str, port: int) -> str:
         self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True)
