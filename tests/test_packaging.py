@@ -42,23 +42,7 @@ def test_editable_install_maps_folders_to_subpackages() -> None:
 
 
 def test_built_wheel_contains_and_imports_every_layer(tmp_path: Path) -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(ROOT),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    (wheel,) = tmp_path.glob("aistack-*.whl")
+    wheel = _wheel(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
     assert "aistack/etl/chunking.py" in names
     assert "aistack/cli.py" in names
