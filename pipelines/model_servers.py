@@ -13,8 +13,6 @@ import ollama
 
 from aistack.steps.model_names import full_name
 
-normalize_model = full_name
-
 
 def ollama_host() -> str:
     """`OLLAMA_HOST` as a URL (Ollama accepts a bare host:port), default 127.0.0.1:11434."""
@@ -53,7 +51,7 @@ def wait_for_model(host: str, model: str, timeout: float = 900.0) -> None:
     it has `model`: listed, or pulled now with its progress logged. A pull that fails (a model the
     server cannot provide) fails the step at once, with the server's reason."""
     deadline = time.monotonic() + timeout
-    wanted = normalize_model(model)
+    wanted = full_name(model)
     client = ollama.Client(host=host, timeout=30)
 
     def listed() -> bool:

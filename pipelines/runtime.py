@@ -48,7 +48,6 @@ from aistack.pipelines.datasets import dataset_path, datasets_dir
 from aistack.pipelines.model_servers import (
     ModelUnavailableError,
     agent_hosts,
-    normalize_model,
     ollama_host,
     wait_for_model,
 )
@@ -64,7 +63,6 @@ __all__ = [
     "ModelUnavailableError",
     "etl",
     "ingest",
-    "normalize_model",
     "ollama_host",
     "plan",
     "publish",
