@@ -47,6 +47,11 @@ class StageSpec:
     contract_retries: int = 2  # re-asks after output that breaks the role's contract
     cache_scope: str = ""  # where this step's answers live in the result cache (e.g. its shard)
 
+    @property
+    def cache_prefix(self) -> str:
+        """The result cache's segment prefix for this step: its scope, else the stage's name."""
+        return self.cache_scope or self.name
+
 
 ProgressFn = Callable[[int], None]
 # the client that reaches an agent's model server (agents of one stage may live on several hosts)

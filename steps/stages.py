@@ -155,7 +155,7 @@ async def _run_in_parts(
                 progress(len(part))
             continue
 
-        async with client.segment(f"{stage.cache_scope or stage.name}/{group}", index):
+        async with client.segment(f"{stage.cache_prefix}/{group}", index):
             rows = list(await asyncio.gather(*(one(item) for item in part)))
         outcome.count(rows)
         if sink is not None:
@@ -325,7 +325,7 @@ async def run_chat(
     async with contextlib.AsyncExitStack() as segments:
         distinct = {id(c): c for c in (client_for(a) for a in everyone)}
         for c in distinct.values():  # one cache segment per model server
-            await segments.enter_async_context(c.segment(f"{stage.cache_scope or stage.name}/chat", 0))
+            await segments.enter_async_context(c.segment(f"{stage.cache_prefix}/chat", 0))
         for turn, agent in enumerate(turns, start=1):
             result, error, attempts = await call_agent(
                 client_for(agent), agent, stage.settings, context, transcript, stage.contract_retries
