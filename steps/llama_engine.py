@@ -188,7 +188,9 @@ class LlamaEngine:
     async def _runner(self, request: GenerationRequest) -> tuple[_Runner, int]:
         """The runner for this request's context length, loading it (and evicting an idle one) if
         needed; also returns the time this request spent waiting for a load, in ns."""
-        num_ctx = await asyncio.get_running_loop().run_in_executor(self._pool, self._num_ctx, request)
+        if not self._card.done():  # the context length is still being read: wait off the loop
+            await asyncio.wrap_future(self._card)
+        num_ctx = self._num_ctx(request)
         if (runner := self._runners.get(num_ctx)) is not None:
             return runner, 0
         started = time.perf_counter_ns()
