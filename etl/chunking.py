@@ -77,7 +77,7 @@ class Chunker:
         self.encoding = load_encoding(self.options.encoding)
         self.additive = encoding_is_additive(self.options.encoding)
         self._token_bytes = TokenBytes(self.encoding)
-        self._facts = TokenFacts(self.encoding)
+        self._facts = TokenFacts.whole_vocabulary(self.encoding)
         self._pool = ThreadPoolExecutor(threads or os.cpu_count() or 2, thread_name_prefix="aistack-chunk")
 
     def close(self) -> None:

@@ -5,17 +5,21 @@ each token of a document decodes to whole characters on its own ("clean": no cha
 split between tokens), the characters on either side of a token start are the last of the
 previous token and the first of the next, so the character rules can be evaluated per token
 from facts about each vocabulary entry. Those facts are learned the first time a token
-appears. A document with a split character is left to the character-level computation.
+appears, or all at once from a cache file (`TokenFacts.whole_vocabulary`). A document with a
+split character is left to the character-level computation.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import tiktoken
 
+from aistack.etl import boundaries
 from aistack.etl.boundaries import (
     _CLOSER,
     _ENDER,
@@ -29,6 +33,7 @@ from aistack.etl.boundaries import (
     WORD,
     char_classes,
 )
+from aistack.etl.cache_files import cache_root, read_checked, write_checked
 
 _UNSEEN, _UNCLEAN = 1 << 15, 1 << 14
 F_WS, F_NL, F_LEADNL = 1, 2, 4  # first character: whitespace, newline; newline in the leading whitespace
@@ -49,6 +54,30 @@ class TokenFacts:
         # whitespace (4), letter or number (8)
         self.word_code = np.zeros(encoding.n_vocab, dtype=np.uint8)
         self._lock = threading.Lock()
+
+    @classmethod
+    def whole_vocabulary(cls, encoding: tiktoken.Encoding) -> TokenFacts:
+        """The facts of every token: read from a cache file, else learned (about 0.12 s on 2
+        cores for cl100k_base, against 0.16 s to learn a 13 MB corpus's tokens piecemeal) and
+        cached for the next process."""
+        facts = cls(encoding)
+        path = _cache_file(encoding)
+        payload = read_checked(path)
+        if payload is None or not facts._restore(payload):
+            facts._learn(list(range(encoding.n_vocab)))
+            write_checked(path, b"".join(getattr(facts, name).tobytes() for name in _TABLES))
+        return facts
+
+    def _restore(self, payload: bytes) -> bool:
+        sizes = [getattr(self, name).nbytes for name in _TABLES]
+        if len(payload) != sum(sizes):
+            return False
+        at = 0
+        for name, size in zip(_TABLES, sizes, strict=True):
+            table = getattr(self, name)
+            setattr(self, name, np.frombuffer(payload, dtype=table.dtype, count=len(table), offset=at).copy())
+            at += size
+        return True
 
     def of(self, tokens: np.ndarray) -> np.ndarray:
         bits = self.bits[tokens]
@@ -111,6 +140,18 @@ class TokenFacts:
             self.trailing_lf[tokens] = trailing
             self.word_code[tokens] = code
             self.bits[tokens] = bits  # last: a reader that sees the bits sees the rest
+
+
+_TABLES = ("bits", "chars", "trailing_lf", "word_code")
+
+
+def _cache_file(encoding: tiktoken.Encoding) -> Path:
+    """Named by everything the facts follow from: the encoding and the code that computes them."""
+    key = hashlib.sha256()
+    for source in (boundaries.__file__, __file__):
+        key.update(Path(source).read_bytes())
+    key.update(f"{encoding.name}\0{encoding._pat_str}\0{encoding.n_vocab}\0{tiktoken.__version__}".encode())
+    return cache_root() / f"{encoding.name}-token-facts-{key.hexdigest()[:16]}.bin"
 
 
 # word_code of the previous token << 4 | word_code of this one -> a word boundary at this one?

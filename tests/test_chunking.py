@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -212,3 +213,33 @@ def test_documents_batched_get_the_boundaries_they_get_alone(batch: list[str]) -
         assert (alone is None) == (found is None)
         if alone is not None and found is not None:
             assert [a.tolist() for a in alone] == [f.tolist() for f in found]
+
+
+def test_the_whole_vocabulary_facts_are_cached_and_equal_the_learned_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chunker reads every token's facts from one cache file; they are the facts learned
+    token by token, a corrupt file is rebuilt, and no cache at all is only slower."""
+    import numpy as np
+
+    from aistack.etl.token_boundaries import TokenFacts
+
+    monkeypatch.setenv("AISTACK_CACHE_DIR", str(tmp_path))
+    built = TokenFacts.whole_vocabulary(ENC)
+    (cached,) = tmp_path.iterdir()
+    learned = TokenFacts(ENC)
+    for part in np.array_split(np.random.default_rng(7).permutation(ENC.n_vocab).astype(np.uint32), 5):
+        learned.of(part)
+    read = TokenFacts.whole_vocabulary(ENC)
+    for name in ("bits", "chars", "trailing_lf", "word_code"):
+        assert (
+            getattr(read, name).tolist() == getattr(learned, name).tolist() == getattr(built, name).tolist()
+        )
+    good = cached.read_bytes()
+    cached.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # the last token's word code: checksum fails
+    rebuilt = TokenFacts.whole_vocabulary(ENC)
+    assert rebuilt.word_code.tolist() == learned.word_code.tolist()
+    assert cached.read_bytes() == good, "and the file rewritten"
+    monkeypatch.setenv("AISTACK_CACHE_DIR", str(tmp_path / "file-not-dir"))
+    (tmp_path / "file-not-dir").write_text("")
+    assert TokenFacts.whole_vocabulary(ENC).bits.tolist() == learned.bits.tolist()
