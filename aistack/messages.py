@@ -3,10 +3,9 @@ wrong`, never a pydantic dump (no "1 validation error for ...", no errors.pydant
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from typing import Any
-
-from pydantic import ValidationError
 
 MESSAGE_LIMIT = 2000  # characters: a message quoting a huge value is cut, never a screenful
 ISSUE_LIMIT = 5  # field problems listed in one message; the rest are counted
@@ -46,6 +45,9 @@ def joined(problems: list[str]) -> str:
 def describe(exc: BaseException) -> str:
     """One line saying what went wrong: the exception's own message, or for a pydantic
     ValidationError, its problems by field path."""
-    if isinstance(exc, ValidationError):
+    # a ValidationError exists only once pydantic is imported: commands that never use it
+    # (`aistack etl`) do not pay its import for this check
+    core = sys.modules.get("pydantic_core")
+    if core is not None and isinstance(exc, core.ValidationError):
         return one_line(f"invalid {exc.title}: {joined(issues(exc.errors(include_url=False)))}")
     return one_line(str(exc)) or type(exc).__name__

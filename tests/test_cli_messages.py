@@ -50,8 +50,7 @@ def test_usage_errors_are_one_line_too() -> None:
     done = aistack("etl", "x", "--out", "y", "--chunk-tokens", "many")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "error: Invalid value for '--chunk-tokens': Input should be a valid integer, unable to parse "
-        "string as an integer (see 'aistack etl --help')"
+        "error: Invalid value for '--chunk-tokens': 'many' is not a valid int (see 'aistack etl --help')"
     ]
     missing = aistack("etl")
     assert missing.returncode == 2
