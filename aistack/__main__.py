@@ -1,3 +1,3 @@
-from aistack.cli import app
+from aistack.cli import run
 
-app(prog_name="aistack")
+run()

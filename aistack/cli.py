@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -55,6 +57,7 @@ def main(
 
 
 app.command("etl")(etl_command)
+
 
 crds_app = typer.Typer(help="The OllamaAgent and TaskOrchestration CRDs.", no_args_is_help=True)
 app.add_typer(crds_app, name="crds")
@@ -288,9 +291,25 @@ app.command("gateway")(gateway_command)
 app.command("doctor")(doctor_command)
 
 
-def run() -> None:  # pragma: no cover - console entry
-    sys.exit(app())
+def run() -> None:
+    """The `aistack` program (console script and `python -m aistack`).
+
+    A command that marks itself finished (everything written, flushed and closed: `aistack
+    etl`) ends the process at once: tearing down numpy, pyarrow and a 100k-token encoding
+    takes about 50 ms, a sixth of a small run's wall time, and every Argo step pays it.
+    """
+    try:
+        app(prog_name="aistack")
+        code: object = 0
+    except SystemExit as exc:
+        code = exc.code
+    if state["finished"] and code in (0, None):
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    run()

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 
 console = Console(stderr=True, markup=False)
 out = Console(markup=False)
-state = {"debug": False}  # set by `aistack --debug`
+# "debug": set by `aistack --debug`; "finished": set by a command whose results are all
+# written and closed, so the process may end without tearing down its modules (see cli.run)
+state = {"debug": False, "finished": False}
 
 
 def error_line(message: str) -> Text:

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from aistack.console import fail, out, progress_bar, say, summary_table
+from aistack.console import fail, out, progress_bar, say, state, summary_table
 
 MIN_CHUNK_TOKENS = 8  # aistack.etl.chunking.MIN_MAX_TOKENS, without importing numpy for the check
 
@@ -113,3 +113,4 @@ def etl_command(
     table.add_row("throughput", f"{summary.mb_per_second:.1f} MB/s ({summary.seconds:.2f} s)")
     out.print(table, highlight=False)
     say(f"output: {summary.output}", stderr=False)  # outside the table: a table would cut it with "…"
+    state["finished"] = True  # the dataset is published and its files closed

@@ -54,6 +54,50 @@ def test_cli_etl_prints_summary(tmp_path: Path) -> None:
     assert "binary=1" in result.output
 
 
+def test_the_etl_process_ends_at_once_with_everything_written(tmp_path: Path) -> None:
+    """`aistack etl` skips the interpreter's teardown after success (cli.run): the summary
+    reaches a pipe whole and the dataset is published; a failure still exits the usual way."""
+    from aistack.etl.parquet_io import read_table
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("Hello there. " * 200)
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "aistack", "etl", str(src), "--out", str(out)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip().splitlines()[-1] == f"output: {out.as_uri()}", "stdout flushed to the end"
+    assert "ETL summary" in done.stdout and "1 = 1 + 0" in done.stdout
+    assert read_table(str(out), "chunks", ["token_count"]).num_rows == 2  # 600 tokens, 512 a chunk
+    failed = subprocess.run(
+        [sys.executable, "-m", "aistack", "etl", str(tmp_path / "none"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode == 1 and failed.stderr.rstrip().endswith(
+        f"no input files found at '{tmp_path / 'none'}'"
+    )
+
+
+def test_the_encoding_is_warmed_on_the_loading_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """load_encoding makes one call before handing the encoding out: two threads making an
+    encoding's first calls at once leave both slower for the process's life (encodings._warmed)."""
+    import tiktoken
+
+    from aistack.etl import encodings
+
+    calls: list[str] = []
+    monkeypatch.setattr(tiktoken.Encoding, "encode_ordinary", lambda self, text: calls.append(text) or [])
+    encodings.load_encoding.cache_clear()
+    try:
+        encodings.load_encoding("cl100k_base")
+    finally:
+        encodings.load_encoding.cache_clear()
+    assert calls == [encodings._WARM_UP]
+    assert {"'", "\n", "\t", "\r", "4"} <= set(calls[0]) and not calls[0].isascii()
+
+
 def test_cli_errors_are_one_line_unless_debug(tmp_path: Path) -> None:
     args = ["etl", str(ROOT / "datasets"), "--out", str(tmp_path), "--chunk-tokens", "16", "--overlap", "16"]
     result = CliRunner().invoke(app, args)
