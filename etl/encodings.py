@@ -46,7 +46,10 @@ def _cache_file(alias: str) -> Path | None:
     alias, so an upgrade of either parses afresh; found without importing either (no
     importlib.metadata, no plugin scan): a cached start stays a few milliseconds.
     """
-    spec = importlib.util.find_spec(_ALIAS_MODULES[alias])
+    try:
+        spec = importlib.util.find_spec(_ALIAS_MODULES[alias])
+    except ModuleNotFoundError:  # not even its parent package
+        spec = None
     if spec is None or not spec.origin:
         return None
     stat = os.stat(spec.origin)
