@@ -298,6 +298,7 @@ def run() -> None:
     etl`) ends the process at once: tearing down numpy, pyarrow and a 100k-token encoding
     takes about 50 ms, a sixth of a small run's wall time, and every Argo step pays it.
     """
+    state["finished"] = False
     try:
         app(prog_name="aistack")
         code: object = 0
@@ -305,8 +306,11 @@ def run() -> None:
         code = exc.code
     if state["finished"] and code in (0, None):
         logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except OSError:  # a closed pipe (`| head`): the exit status Python gives a failed flush
+            os._exit(120)
         os._exit(0)
     sys.exit(code)
 

@@ -31,8 +31,9 @@ def read_checked(path: Path) -> bytes | None:
     return payload if hashlib.sha256(payload).digest() == digest else None
 
 
-def write_checked(path: Path, payload: bytes) -> None:
-    """Write a cache file atomically; a directory that cannot be written is skipped."""
+def write_checked(path: Path, payload: bytes, replaces: str = "") -> None:
+    """Write a cache file atomically; a directory that cannot be written is skipped. Files
+    beside it matching the glob `replaces` (the same thing for older code or packages) go."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -43,5 +44,8 @@ def write_checked(path: Path, payload: bytes) -> None:
         except OSError:
             os.unlink(tmp)
             raise
+        for old in path.parent.glob(replaces) if replaces else ():
+            if old != path:
+                old.unlink(missing_ok=True)
     except OSError:  # a read-only home: no cache, the next start rebuilds
         pass

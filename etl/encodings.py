@@ -9,6 +9,7 @@ file, SHA-256-verified by tiktoken). Other encodings load only from a pre-filled
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import marshal
 import os
@@ -39,21 +40,27 @@ def available_offline() -> list[str]:
     return sorted(name for name, alias in _OFFLINE_ALIASES.items() if alias in registered)
 
 
-def _cache_file(alias: str) -> Path | None:
-    """Where the parsed ranks of `alias` are cached, or None when its package is not installed.
-
-    Named by tiktoken's version and the stamp (size, mtime) of the module that registers the
-    alias, so an upgrade of either parses afresh; found without importing either (no
-    importlib.metadata, no plugin scan): a cached start stays a few milliseconds.
-    """
+def _plugin_source(alias: str) -> bytes | None:
+    """The source of the module that registers `alias` (its expected_hash pins the ranks file),
+    or None when that package is not installed. Found without importing it or scanning plugins."""
     try:
         spec = importlib.util.find_spec(_ALIAS_MODULES[alias])
-    except ModuleNotFoundError:  # not even its parent package
-        spec = None
-    if spec is None or not spec.origin:
+        return Path(spec.origin).read_bytes() if spec is not None and spec.origin else None
+    except (ModuleNotFoundError, OSError):  # not even its parent package; or not a readable file
         return None
-    stat = os.stat(spec.origin)
-    return cache_root() / f"{alias}-tiktoken-{tiktoken.__version__}-{stat.st_size}-{stat.st_mtime_ns}.marshal"
+
+
+def content_key(name: str) -> str:
+    """A digest of what encoding `name`'s content follows from: tiktoken's version (it pins the
+    files of its own encodings) and, for a packaged one, its plugin's source. Cache files are
+    named by it, so an upgrade of either is never served stale data."""
+    digest = hashlib.sha256(f"{name}\0{tiktoken.__version__}\0".encode())
+    digest.update(_plugin_source(name) or b"")
+    return digest.hexdigest()[:16]
+
+
+def _cache_file(alias: str) -> Path:
+    return cache_root() / f"{alias}.ranks-{content_key(alias)}.marshal"
 
 
 def _offline(alias: str) -> tiktoken.Encoding:
@@ -61,18 +68,20 @@ def _offline(alias: str) -> tiktoken.Encoding:
     counts tokens; its parsed ranks are kept in a cache file (checksummed), so later starts read them
     in a few milliseconds (tiktoken verified the file's SHA-256 when it parsed it)."""
     path = _cache_file(alias)
-    payload = read_checked(path) if path else None
+    payload = read_checked(path)
     if payload is not None:
         try:
             args: dict[str, Any] = marshal.loads(payload)
             return tiktoken.Encoding(**args)
         except (ValueError, EOFError, TypeError, KeyError):
             pass
-    encoding = tiktoken.get_encoding(alias)
+    try:
+        encoding = tiktoken.get_encoding(alias)
+    except ValueError as exc:  # the package is there but registers no such encoding
+        raise EncodingUnavailableError(f"encoding {alias!r} could not be loaded: {exc}") from exc
     args = {"name": encoding.name, "pat_str": encoding._pat_str, "mergeable_ranks": encoding._mergeable_ranks,
             "special_tokens": encoding._special_tokens}  # fmt: skip
-    if path:
-        write_checked(path, marshal.dumps(args))
+    write_checked(path, marshal.dumps(args), replaces=f"{alias}.ranks-*.marshal")
     return encoding
 
 
@@ -97,7 +106,7 @@ def load_encoding(name: str = DEFAULT_ENCODING) -> tiktoken.Encoding:
 
 def _load(name: str) -> tiktoken.Encoding:
     alias = _OFFLINE_ALIASES.get(name)
-    if alias is not None and _cache_file(alias) is not None:  # its package is installed
+    if alias is not None and _plugin_source(alias) is not None:  # its package is installed
         return _offline(alias)
     hint = (
         f"encoding {name!r} is not available offline; available: {', '.join(available_offline()) or 'none'}. "

@@ -12,6 +12,7 @@ split character is left to the character-level computation.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,7 @@ from aistack.etl.boundaries import (
     char_classes,
 )
 from aistack.etl.cache_files import cache_root, read_checked, write_checked
+from aistack.etl.encodings import content_key
 
 _UNSEEN, _UNCLEAN = 1 << 15, 1 << 14
 F_WS, F_NL, F_LEADNL = 1, 2, 4  # first character: whitespace, newline; newline in the leading whitespace
@@ -62,10 +64,12 @@ class TokenFacts:
         cached for the next process."""
         facts = cls(encoding)
         path = _cache_file(encoding)
-        payload = read_checked(path)
+        payload = read_checked(path) if path else None
         if payload is None or not facts._restore(payload):
             facts._learn(list(range(encoding.n_vocab)))
-            write_checked(path, b"".join(getattr(facts, name).tobytes() for name in _TABLES))
+            if path:
+                payload = b"".join(getattr(facts, name).tobytes() for name in _TABLES)
+                write_checked(path, payload, replaces=f"{encoding.name}.token-facts-*.bin")
         return facts
 
     def _restore(self, payload: bytes) -> bool:
@@ -145,13 +149,29 @@ class TokenFacts:
 _TABLES = ("bits", "chars", "trailing_lf", "word_code")
 
 
-def _cache_file(encoding: tiktoken.Encoding) -> Path:
-    """Named by everything the facts follow from: the encoding and the code that computes them."""
-    key = hashlib.sha256()
-    for source in (boundaries.__file__, __file__):
-        key.update(Path(source).read_bytes())
-    key.update(f"{encoding.name}\0{encoding._pat_str}\0{encoding.n_vocab}\0{tiktoken.__version__}".encode())
-    return cache_root() / f"{encoding.name}-token-facts-{key.hexdigest()[:16]}.bin"
+def _cache_file(encoding: tiktoken.Encoding) -> Path | None:
+    """Named by everything the facts follow from: the encoding's content, the code that computes
+    them and the Unicode tables of `regex` (boundaries._CharClasses); None when any cannot be read."""
+    key = hashlib.sha256(f"{content_key(encoding.name)}\0{encoding._pat_str}\0{encoding.n_vocab}".encode())
+    try:
+        for source in (boundaries.__file__, __file__):
+            key.update(Path(source).read_bytes())
+        key.update(_regex_version())
+    except OSError:  # sources not on disk (a zip import): no cache, only slower
+        return None
+    return cache_root() / f"{encoding.name}.token-facts-{key.hexdigest()[:16]}.bin"
+
+
+def _regex_version() -> bytes:
+    """The file of `regex` that holds its version (which pins its Unicode tables), read without
+    importing it; else its version, imported."""
+    spec = importlib.util.find_spec("regex")
+    main = Path(spec.origin).with_name("_main.py") if spec is not None and spec.origin else None
+    if main is not None and main.is_file():
+        return main.read_bytes()
+    import regex
+
+    return str(regex.__version__).encode()
 
 
 # word_code of the previous token << 4 | word_code of this one -> a word boundary at this one?

