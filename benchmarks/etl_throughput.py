@@ -21,7 +21,7 @@ stricter: a cold encoding whose first calls come from two threads at once stays 
 slower (encodings._warmed), which aistack avoids and a plain script pays.
 For HTML the raw side tokenizes the extracted text, and selectolax's own parse time of the
 pages is printed as the limit parsing sets. Start-up: `aistack etl` on a 2 KB file (target
-<= 0.3 s), best of 5. The corpus is the bundled `datasets/python-docs`, varied and repeated.
+<= 0.3 s), and a step pod's imports (Hera's runner and the step functions), best of 5. The corpus is the bundled `datasets/python-docs`, varied and repeated.
 """
 
 from __future__ import annotations
@@ -301,6 +301,14 @@ def end_to_end(args: argparse.Namespace) -> None:
             f"{k} {run_best([sys.executable, '-c', v], 5, env):.3f} s" for k, v in floors.items()
         )
         print(f"start-up: aistack etl on a 2 KB file: {startup:.3f} s (target <= 0.3 s); floors: {parts}")
+        runner = run_best([sys.executable, "-c", "import hera.workflows.runner"], 5, env)
+        step_imports = run_best(
+            [sys.executable, "-c", "import hera.workflows.runner, aistack.pipelines.runtime"], 5, env
+        )
+        print(
+            f"start-up of a step pod's process (Hera's runner + aistack.pipelines.runtime imported): "
+            f"{step_imports:.3f} s, of which Hera's runner alone {runner:.3f} s"
+        )
 
         text = write_corpus(corpus(args.mb), work / "text", ".txt")
         html = html_corpus(args.mb, work / "html")

@@ -21,12 +21,13 @@ failure and never that one.
 # No `from __future__ import annotations`: Hera reads these functions' real parameter types.
 
 import functools
+import importlib
 import json
 import math
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aistack.crds.models import OllamaAgentSpec, Stage, TaskOrchestrationSpec
 from aistack.etl.chunking import ChunkingOptions
@@ -45,17 +46,26 @@ from aistack.etl.partitions import (
 from aistack.etl.storage import open_storage, split_pattern
 from aistack.pipelines import run_spec
 from aistack.pipelines.datasets import dataset_path, datasets_dir
-from aistack.pipelines.model_servers import (
-    ModelUnavailableError,
-    agent_hosts,
-    ollama_host,
-    wait_for_model,
-)
-from aistack.pipelines.publish import publish_run
-from aistack.steps.agent_step import AgentStepOptions, check_error_budget, read_records, run_agent_step
-from aistack.steps.model_weights import WeightsMissingError
-from aistack.steps.roles import AgentConfig, StageSettings, options_from_env
-from aistack.steps.stages import InputRecord, StageSpec
+
+# What only the agent and publish steps use (the Ollama client, JSON Schema, pyarrow.compute:
+# about 0.18 s of imports) is imported by them: plan, ingest and etl pods start without it.
+if TYPE_CHECKING:
+    from aistack.pipelines.model_servers import ModelUnavailableError, ollama_host, wait_for_model
+    from aistack.steps.roles import AgentConfig
+    from aistack.steps.stages import InputRecord, StageSpec
+
+_ELSEWHERE = {  # names this module offers that live in a module imported on first use
+    "ModelUnavailableError": "aistack.pipelines.model_servers",
+    "ollama_host": "aistack.pipelines.model_servers",
+    "wait_for_model": "aistack.pipelines.model_servers",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ELSEWHERE:
+        return getattr(importlib.import_module(_ELSEWHERE[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DATASETS_DIR",
@@ -92,7 +102,15 @@ class PermanentStepError(SystemExit):
 def _permanent(exc: BaseException) -> bool:
     if isinstance(exc, StorageError):  # storage may be back on the next attempt
         return False
-    return isinstance(exc, ValueError | EtlError | ModelUnavailableError | WeightsMissingError)
+    permanent: tuple[type[BaseException], ...] = (ValueError, EtlError)
+    # raised only by modules a step imported: one not imported raised nothing
+    for module, name in (
+        ("aistack.pipelines.model_servers", "ModelUnavailableError"),
+        ("aistack.steps.model_weights", "WeightsMissingError"),
+    ):
+        if module in sys.modules:
+            permanent += (getattr(sys.modules[module], name),)
+    return isinstance(exc, permanent)
 
 
 def step(fn: F) -> F:
@@ -213,7 +231,9 @@ def assign_shards(groups: list[tuple[str, int, int]], count: int) -> list[list[t
     return shards
 
 
-def _chunks_of_shard(run: str, shard: int, shard_count: int) -> Iterator[InputRecord]:
+def _chunks_of_shard(run: str, shard: int, shard_count: int) -> "Iterator[InputRecord]":
+    from aistack.steps.stages import InputRecord
+
     dataset = f"{run}/etl"
     assigned = json.loads(open_storage(dataset).read_bytes(SHARDS_FILE))
     if len(assigned) != shard_count:
@@ -226,9 +246,11 @@ def _chunks_of_shard(run: str, shard: int, shard_count: int) -> Iterator[InputRe
 
 def _stage_records(
     spec: TaskOrchestrationSpec, stage: Stage, run_uri: str, shard: int, shard_count: int
-) -> Iterator[InputRecord]:
+) -> "Iterator[InputRecord]":
     """The stage's input, streamed: the chunks, or the final results of every shard of its inputs
     (once they are within their stages' error budgets). A map shard reads its share only."""
+    from aistack.steps.agent_step import read_records
+
     sources = spec.stage_inputs()[stage.stage_name]
     share = stage.mode == "map" and shard_count > 1
     if not sources:
@@ -247,6 +269,8 @@ def _stage_records(
 
 def check_stage_budget(spec: TaskOrchestrationSpec, stage_name: str, uris: list[str]) -> None:
     """A stage's results are used only within its error budget, counted over all its shards."""
+    from aistack.steps.agent_step import check_error_budget
+
     summaries = [read_manifest(uri)["summary"] for uri in uris]
     where = uris[0].rsplit("/", 1)[0] if uris else stage_name
     check_error_budget(stage_name, spec.error_budget_percent, summaries, where)
@@ -258,7 +282,9 @@ def shard_datasets(run_uri: str, stage: str) -> list[str]:
     return [storage.child(k) for k in sorted(keys, key=lambda k: int(k.split("-")[1]))]
 
 
-def agent_config(name: str, spec: OllamaAgentSpec) -> AgentConfig:
+def agent_config(name: str, spec: OllamaAgentSpec) -> "AgentConfig":
+    from aistack.steps.roles import AgentConfig, options_from_env
+
     return AgentConfig(
         name=name,
         model=spec.model,
@@ -273,7 +299,10 @@ def agent_config(name: str, spec: OllamaAgentSpec) -> AgentConfig:
     )
 
 
-def _stage_spec(received: run_spec.RunSpec, st: Stage) -> StageSpec:
+def _stage_spec(received: run_spec.RunSpec, st: Stage) -> "StageSpec":
+    from aistack.steps.roles import AgentConfig, StageSettings
+    from aistack.steps.stages import StageSpec
+
     task, agents = received.task, received.agents
 
     def agent(name: str) -> AgentConfig:
@@ -302,6 +331,9 @@ def _stage_spec(received: run_spec.RunSpec, st: Stage) -> StageSpec:
 @step
 def stage(target: str, workflow: str, stage_name: str, shard: int = 0, shard_count: int = 1) -> str:
     """Run one stage (one shard of a map stage); returns JSON: the results URI and totals."""
+    from aistack.pipelines.model_servers import agent_hosts, ollama_host, wait_for_model
+    from aistack.steps.agent_step import AgentStepOptions, run_agent_step
+
     run = run_spec.run_uri(target, workflow)
     received = run_spec.load(run)
     task = received.task
@@ -353,6 +385,8 @@ def write_step_metrics(totals: dict[str, int]) -> None:
 def publish(target: str, workflow: str) -> str:
     """Copy the final results to `<outputTarget>/<run id>/` with a summary; returns JSON with that URI
     (`outputs`) and the run's token totals. The run id is the workflow's name."""
+    from aistack.pipelines.publish import publish_run
+
     run = run_spec.run_uri(target, workflow)
     task = run_spec.load(run).task
     stages = {st.stage_name: shard_datasets(run, st.stage_name) for st in task.pipeline}
