@@ -43,8 +43,11 @@ def available_offline() -> list[str]:
 def _plugin_source(alias: str) -> bytes | None:
     """The source of the module that registers `alias` (its expected_hash pins the ranks file),
     or None when that package is not installed. Found without importing it or scanning plugins."""
+    module = _ALIAS_MODULES.get(alias)
+    if module is None:  # not a packaged encoding: tiktoken's version pins it
+        return None
     try:
-        spec = importlib.util.find_spec(_ALIAS_MODULES[alias])
+        spec = importlib.util.find_spec(module)
         return Path(spec.origin).read_bytes() if spec is not None and spec.origin else None
     except (ModuleNotFoundError, OSError):  # not even its parent package; or not a readable file
         return None

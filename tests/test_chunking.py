@@ -240,6 +240,16 @@ def test_the_whole_vocabulary_facts_are_cached_and_equal_the_learned_ones(
     rebuilt = TokenFacts.whole_vocabulary(ENC)
     assert rebuilt.word_code.tolist() == learned.word_code.tolist()
     assert cached.read_bytes() == good, "and the file rewritten"
+    import tiktoken
+
+    copy = tiktoken.Encoding(  # an encoding no package ships (as from TIKTOKEN_CACHE_DIR): cached too
+        name="copy_of_cl100k",
+        pat_str=ENC._pat_str,
+        mergeable_ranks=ENC._mergeable_ranks,
+        special_tokens=ENC._special_tokens,
+    )
+    assert TokenFacts.whole_vocabulary(copy).bits.tolist() == learned.bits.tolist()
+    assert any(p.name.startswith("copy_of_cl100k.token-facts-") for p in tmp_path.iterdir())
     monkeypatch.setenv("AISTACK_CACHE_DIR", str(tmp_path / "file-not-dir"))
     (tmp_path / "file-not-dir").write_text("")
     assert TokenFacts.whole_vocabulary(ENC).bits.tolist() == learned.bits.tolist()
