@@ -307,9 +307,10 @@ def run() -> None:
     if state["finished"] and code in (0, None):
         logging.shutdown()
         try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except OSError:  # a closed pipe (`| head`): the exit status Python gives a failed flush
+            for stream in (sys.stdout, sys.stderr):
+                if stream is not None:  # None: started with that descriptor closed
+                    stream.flush()
+        except (OSError, ValueError):  # a pipe closed at the last moment: as Python exits then
             os._exit(120)
         os._exit(0)
     sys.exit(code)

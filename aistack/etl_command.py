@@ -111,6 +111,9 @@ def etl_command(
         skipped = ", ".join(f"{k}={v}" for k, v in sorted(summary.skipped.items()))
         table.add_row("skipped (no record)", f"{sum(summary.skipped.values()):,} ({skipped})")
     table.add_row("throughput", f"{summary.mb_per_second:.1f} MB/s ({summary.seconds:.2f} s)")
-    out.print(table, highlight=False)
-    say(f"output: {summary.output}", stderr=False)  # outside the table: a table would cut it with "…"
+    try:
+        out.print(table, highlight=False)
+        say(f"output: {summary.output}", stderr=False)  # outside the table: a table would cut it with "…"
+    except OSError as exc:  # stdout full or gone: the dataset is published all the same
+        fail(OSError(f"could not print the summary of the published {summary.output}: {exc}"))
     state["finished"] = True  # the dataset is published and its files closed

@@ -18,7 +18,7 @@ from typing import Any
 
 import tiktoken
 
-from aistack.etl.cache_files import cache_root, read_checked, write_checked
+from aistack.etl.cache_files import cache_path, read_checked, write_checked
 from aistack.etl.errors import EncodingUnavailableError
 
 DEFAULT_ENCODING = "cl100k_base"
@@ -62,8 +62,20 @@ def content_key(name: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _cache_file(alias: str) -> Path:
-    return cache_root() / f"{alias}.ranks-{content_key(alias)}.marshal"
+def _cache_file(alias: str) -> Path | None:
+    return cache_path(f"{alias}.ranks-{content_key(alias)}.marshal")
+
+
+def _ranks_args_valid(args: object, alias: str) -> bool:
+    """The shape of what _offline caches, named as asked: anything else is parsed afresh."""
+    return (
+        isinstance(args, dict)
+        and set(args) == {"name", "pat_str", "mergeable_ranks", "special_tokens"}
+        and args["name"] == alias
+        and isinstance(args["pat_str"], str)
+        and isinstance(args["mergeable_ranks"], dict)
+        and isinstance(args["special_tokens"], dict)
+    )
 
 
 def _offline(alias: str) -> tiktoken.Encoding:
@@ -75,8 +87,11 @@ def _offline(alias: str) -> tiktoken.Encoding:
     if payload is not None:
         try:
             args: dict[str, Any] = marshal.loads(payload)
-            return tiktoken.Encoding(**args)
-        except (ValueError, EOFError, TypeError, KeyError):
+            if _ranks_args_valid(args, alias):
+                return tiktoken.Encoding(**args)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:  # bad data, or a panic in tiktoken's Rust (a BaseException): parse again
             pass
     try:
         encoding = tiktoken.get_encoding(alias)

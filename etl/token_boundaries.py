@@ -34,7 +34,7 @@ from aistack.etl.boundaries import (
     WORD,
     char_classes,
 )
-from aistack.etl.cache_files import cache_root, read_checked, write_checked
+from aistack.etl.cache_files import cache_path, read_checked, write_checked
 from aistack.etl.encodings import content_key
 
 _UNSEEN, _UNCLEAN = 1 << 15, 1 << 14
@@ -159,7 +159,7 @@ def _cache_file(encoding: tiktoken.Encoding) -> Path | None:
         key.update(_regex_version())
     except OSError:  # sources not on disk (a zip import): no cache, only slower
         return None
-    return cache_root() / f"{encoding.name}.token-facts-{key.hexdigest()[:16]}.bin"
+    return cache_path(f"{encoding.name}.token-facts-{key.hexdigest()[:16]}.bin")
 
 
 def _regex_version() -> bytes:

@@ -85,6 +85,21 @@ def test_the_etl_process_ends_at_once_with_everything_written(tmp_path: Path) ->
     failed = aistack("etl", str(tmp_path / "none"), "--out", str(out))
     assert failed.returncode == 1 and "torn down" in failed.stderr
     assert f"error: no input files found at '{tmp_path / 'none'}'" in failed.stderr
+    closed = subprocess.run(  # started with stdout closed: nothing to print to, still a success
+        [sys.executable, "-c", entry, "etl", str(src), "--out", str(tmp_path / "o2")],
+        stderr=subprocess.PIPE, text=True, env=env, preexec_fn=lambda: os.close(1),
+    )  # fmt: skip
+    assert closed.returncode == 0, closed.stderr
+    with open("/dev/full", "w") as full:  # stdout whose writes fail: one line, exit 1, data kept
+        no_space = subprocess.run(
+            [sys.executable, "-c", entry, "etl", str(src), "--out", str(tmp_path / "o3")],
+            stdout=full, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+    assert no_space.returncode == 1 and "Traceback" not in no_space.stderr
+    assert any(
+        line.startswith("error: could not print the summary of") for line in no_space.stderr.splitlines()
+    )
+    assert read_table(str(tmp_path / "o3"), "chunks", ["token_count"]).num_rows == 2
     other = aistack("--version")
     assert other.returncode == 0 and other.stdout.startswith("aistack ") and "torn down" in other.stderr
 
