@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from aistack.etl.chunking import Chunk, Chunker, ChunkingOptions
 from aistack.etl.cleaning import clean_text
+from aistack.etl.decoding import too_large
 from aistack.etl.errors import EtlError
 from aistack.etl.loaders import (
     LoadedDocument,
@@ -98,13 +99,11 @@ def _prepare(
     what = job[0]
     records = list(load(what, options)) if isinstance(what, SourceFile) else [what]
     out: list[tuple[Record | tuple[LoadedDocument, str], str | None]] = []
-    max_bytes = options.max_document_bytes
     for record in records:
         if not isinstance(record, LoadedDocument):
             out.append((record, None))
-        elif record.bytes > max_bytes:
-            message = f"{record.bytes} bytes exceeds max_document_bytes={max_bytes}"
-            out.append((Rejection(record.source, "load", "too_large", message, record.bytes), None))
+        elif record.bytes > options.max_document_bytes:
+            out.append((too_large(record.source, record.bytes, options), None))
         elif text := clean_text(record.text):
             record.text = ""  # only the cleaned text is kept from here on: memory stays flat
             out.append(((record, text), text))
