@@ -79,15 +79,11 @@ def list_sources(source: str, confine_to: str | Path | None = None) -> list[Sour
     """
     root, pattern = split_pattern(source)
     confine_root = _confinement(source, root, pattern, confine_to) if confine_to is not None else None
-    storage = open_storage(root)
-    if isinstance(storage, LocalStorage):
-        storage.confine_root = confine_root
+    storage = open_storage(root, confine_root)
     objects = [o for o in storage.list() if matches(o.key, pattern)]
     if len(objects) == 1 and objects[0].key == "":  # the source is one file: list it by name
         parent, _, name = root.rstrip("/").rpartition("/")
-        storage = open_storage(parent or ".")
-        if isinstance(storage, LocalStorage):
-            storage.confine_root = confine_root
+        storage = open_storage(parent or ".", confine_root)
         objects = [replace(objects[0], key=name)]
     if not objects:
         raise EtlError(f"no input files found at {source!r}")

@@ -155,12 +155,9 @@ class Partition:
     def pieces(self, confine_to: str | Path | None = None) -> list[SourcePiece]:
         """The loader's view of the items. `confine_to` (the options' input root) wins over the
         root recorded at planning; either way every local file is checked against it on open."""
-        storage = open_storage(self.root)
-        if isinstance(storage, LocalStorage):
-            confined = confinement_root(self.root, confine_to) if confine_to is not None else None
-            storage.confine_root = confined or self.confine_root
-        elif confine_to is not None:
-            confinement_root(self.root, confine_to)  # S3: the prefix must lie inside it, else refused
+        # on S3 the check that the prefix lies inside `confine_to` is all: it has no links
+        confined = confinement_root(self.root, confine_to) if confine_to is not None else None
+        storage = open_storage(self.root, confined or self.confine_root)
         return [_piece(storage, item) for item in self.items]
 
 

@@ -278,17 +278,18 @@ class S3Storage:
         return 0
 
 
-def open_storage(uri: str) -> Storage:
-    """Storage for `file://PATH`, a plain local path, or `s3://BUCKET/PREFIX`."""
+def open_storage(uri: str, confine_root: str | None = None) -> Storage:
+    """Storage for `file://PATH`, a plain local path, or `s3://BUCKET/PREFIX`. A local one
+    reads only files that resolve inside `confine_root` (see LocalStorage); S3 has no links."""
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
         return S3Storage(parsed.netloc, parsed.path)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise EtlError(f"file URI {uri!r} names a host; use file:///absolute/path")
-        return LocalStorage(Path(unquote(parsed.path)))
+        return LocalStorage(Path(unquote(parsed.path)), confine_root)
     if parsed.scheme in ("", "local") or (len(parsed.scheme) == 1 and os.name == "nt"):
-        return LocalStorage(Path(uri))
+        return LocalStorage(Path(uri), confine_root)
     raise EtlError(f"unsupported storage URI {uri!r}: use file://PATH, a local path, or s3://BUCKET/PREFIX")
 
 
