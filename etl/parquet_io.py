@@ -163,10 +163,10 @@ class DatasetWriter:
         self.storage = open_storage(self.uri)
         self.tables: dict[str, TableWriter] = {}
         # temporary files of a writer that was killed are never renamed into place: sweep them
-        self.swept = self.storage.sweep_temp_files()
+        self.storage.sweep_temp_files()
 
-    def table(self, name: str, schema: pa.Schema, row_group_bytes: int | None = None) -> TableWriter:
-        self.tables[name] = TableWriter(self.storage, name, schema, self.run_id, row_group_bytes)
+    def table(self, name: str, schema: pa.Schema) -> TableWriter:
+        self.tables[name] = TableWriter(self.storage, name, schema, self.run_id)
         return self.tables[name]
 
     def publish(self, summary: dict[str, Any]) -> str:

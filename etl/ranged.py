@@ -55,7 +55,6 @@ class RangedReader(io.RawIOBase):
         self._ahead_limit = size  # read-ahead stops here (explicit reads past it are still served)
         self._crossed = False  # whether a read went past the limit
         self.requests = 0
-        self.bytes_fetched = 0
 
     def limit_read_ahead(self, end: int | None) -> None:
         """Read ahead no further than `end` (None: the end of the object): a reader of a byte
@@ -187,7 +186,6 @@ class RangedReader(io.RawIOBase):
             except Exception as exc:  # a body cut off mid-stream: not retried by boto3, so here
                 problem = exc
                 continue
-            self.bytes_fetched += len(data)
             if self._etag is None:
                 self._etag = response["ETag"]
                 total = int(str(response.get("ContentRange", "")).rpartition("/")[2] or -1)
