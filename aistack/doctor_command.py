@@ -19,8 +19,8 @@ def doctor_command(
     operator_namespace: Annotated[str, typer.Option(help="Where the operator runs.")] = "aistack-system",
 ) -> None:
     """Preflight the current cluster for aistack: one line per check, with the fix for each gap."""
-    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     from aistack.console import fail, out
     from aistack.doctor import FAIL, OK, WARN, Options, default_namespace, diagnose
@@ -42,7 +42,8 @@ def doctor_command(
         table.add_column(column, overflow="fold")
     style = {OK: "green", WARN: "yellow", FAIL: "bold red"}
     for f in findings:
-        table.add_row(f.check, f"[{style[f.status]}]{f.status}[/]", escape(f.found), escape(f.fix))
+        # the consoles print text literally (markup off): the status is styled as a Text
+        table.add_row(f.check, Text(f.status, style=style[f.status]), f.found, f.fix)
     out.print(table)
     failed = sum(f.status == FAIL for f in findings)
     out.print(f"{failed} problem(s), {sum(f.status == WARN for f in findings)} warning(s)", highlight=False)

@@ -169,6 +169,7 @@ def test_a_cluster_with_everything_passes_every_line(cluster: Cluster, tmp_path:
     )
     assert shown.exit_code == 0, shown.output
     assert "0 problem(s), 0 warning(s)" in shown.output and "operator RBAC" in shown.output
+    assert "[green]" not in shown.output and "[/]" not in shown.output, "status styled, not markup"
 
 
 HEALTHY_LINES = [
@@ -279,3 +280,4 @@ def test_the_command_exits_1_and_prints_the_fix(cluster: Cluster) -> None:
     )
     assert shown.exit_code == 1
     assert "FAIL" in shown.output and "workflow-rbac.yaml" in shown.output and "1 problem(s)" in shown.output
+    assert "[bold red]" not in shown.output and "\\" not in shown.output, "printed as written"
