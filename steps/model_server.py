@@ -142,7 +142,7 @@ class EmbeddedModelServer(BackgroundServer):
                     from aistack.steps.llama_engine import LlamaEngine
 
                     self._engines[kind] = LlamaEngine(
-                        parallel=self.parallel, context_length=self.context_length
+                        parallel=self.parallel, context_length=self.context_length, max_loaded=self.max_loaded
                     )
                 else:
                     self._engines[kind] = ExtractiveEngine()

@@ -139,6 +139,15 @@ def test_keep_alive_and_num_ctx_load_and_unload_runners(client: ollama.Client) -
     assert ("smollm2:135m", 2048) not in {(m.model, m.context_length) for m in client.ps().models}
 
 
+def test_the_servers_max_loaded_reaches_the_engine() -> None:
+    """--max-loaded / OLLAMA_MAX_LOADED_MODELS (and a compiled sidecar's) bound the runners."""
+    engine = EmbeddedModelServer(max_loaded=1).engine("llama")
+    try:
+        assert engine.max_loaded == 1
+    finally:
+        engine.close()
+
+
 def test_a_client_that_goes_away_frees_its_slot(server: EmbeddedModelServer, client: ollama.Client) -> None:
     body = {"model": "smollm2:135m", "messages": [{"role": "user", "content": "Count to one thousand."}],
             "options": {**GREEDY, "num_predict": 2000}}  # fmt: skip
