@@ -22,7 +22,6 @@ from aistack.crds.validation import InvalidResourceError, parse
 from aistack.etl.storage import open_storage
 from aistack.gateway.state import Key, RecordStore
 from aistack.messages import describe
-from aistack.pipelines.local import RunCancelled, ollama_reachable
 
 GROUP, VERSION, PLURAL = "ai.stack", "v1alpha1", "taskorchestrations"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -151,15 +150,15 @@ def _inside(uri: str, root: str) -> bool:
     import os
 
     from aistack.etl.errors import EtlError
-    from aistack.etl.storage import LocalStorage, open_storage
+    from aistack.etl.localfs import inside
+    from aistack.etl.storage import LocalStorage
 
     try:
         target, base = open_storage(uri), open_storage(root)
     except EtlError:
         return False
     if isinstance(target, LocalStorage) and isinstance(base, LocalStorage):
-        path, top = os.path.realpath(target.root), os.path.realpath(base.root)
-        return path == top or path.startswith(top.rstrip("/") + "/")
+        return inside(os.path.realpath(target.root), os.path.realpath(base.root))
     if isinstance(target, LocalStorage) or isinstance(base, LocalStorage):
         return False
     return target.uri == base.uri or (
@@ -257,6 +256,10 @@ class LocalTasks:
                 self._cancels.pop(uid, None)
 
     def _execute_run(self, key: Key, uid: str, cancel: threading.Event) -> None:
+        # the local runner (hera, the model servers) only where a task runs: a gateway that
+        # starts, or forwards to a cluster, never loads it
+        from aistack.pipelines.local import RunCancelled
+
         with self._lock:
             record = self._records.get(key)
             if record is None or record["metadata"].get("uid") != uid or cancel.is_set():
@@ -332,6 +335,8 @@ class LocalTasks:
 
     def ready(self) -> None:
         """Ready when the model server the tasks and agents use answers."""
+        from aistack.pipelines.local import ollama_reachable
+
         if self.model_host is not None and not ollama_reachable(self.model_host):
             raise GatewayError(
                 503, "ServiceUnavailable", f"the model server at {self.model_host} does not answer"
