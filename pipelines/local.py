@@ -32,7 +32,7 @@ from hera.workflows import CronWorkflow, Workflow
 from aistack.crds.models import OllamaAgent, TaskOrchestration
 from aistack.crds.validation import load_file, parse
 from aistack.pipelines.compile import compile_task
-from aistack.pipelines.runtime import ollama_host
+from aistack.pipelines.model_servers import ollama_host
 from aistack.steps.extractive import EXTRACTIVE_MODEL
 from aistack.steps.model_server import EmbeddedModelServer, normalize
 from aistack.steps.model_weights import NATIVE_MODEL

@@ -21,7 +21,6 @@ failure and never that one.
 # No `from __future__ import annotations`: Hera reads these functions' real parameter types.
 
 import functools
-import importlib
 import json
 import math
 import os
@@ -50,35 +49,10 @@ from aistack.pipelines.datasets import dataset_path, datasets_dir
 # What only the agent and publish steps use (the Ollama client, JSON Schema, pyarrow.compute:
 # about 0.18 s of imports) is imported by them: plan, ingest and etl pods start without it.
 if TYPE_CHECKING:
-    from aistack.pipelines.model_servers import ModelUnavailableError, ollama_host, wait_for_model
     from aistack.steps.roles import AgentConfig
     from aistack.steps.stages import InputRecord, StageSpec
 
-_ELSEWHERE = {  # names this module offers that live in a module imported on first use
-    "ModelUnavailableError": "aistack.pipelines.model_servers",
-    "ollama_host": "aistack.pipelines.model_servers",
-    "wait_for_model": "aistack.pipelines.model_servers",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _ELSEWHERE:
-        return getattr(importlib.import_module(_ELSEWHERE[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = [
-    "DATASETS_DIR",
-    "PERMANENT_EXIT",
-    "ModelUnavailableError",
-    "etl",
-    "ingest",
-    "ollama_host",
-    "plan",
-    "publish",
-    "stage",
-    "wait_for_model",
-]
+__all__ = ["DATASETS_DIR", "PERMANENT_EXIT", "etl", "ingest", "plan", "publish", "stage"]
 
 # bundled datasets: AISTACK_DATASETS, else the package's (aistack.pipelines.datasets)
 DATASETS_DIR = datasets_dir()

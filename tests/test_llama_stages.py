@@ -162,7 +162,7 @@ def test_a_multi_model_chat_compiled_to_argo_gets_all_its_models(
 
 
 def test_a_model_the_server_cannot_provide_fails_the_step_at_once() -> None:
-    from aistack.pipelines.runtime import ModelUnavailableError, wait_for_model
+    from aistack.pipelines.model_servers import ModelUnavailableError, wait_for_model
 
     with EmbeddedModelServer(stand_in_engine="extractive") as server:
         started = time.monotonic()
