@@ -10,12 +10,11 @@ manifest) and depends only on the parts, so a retried merge writes the same mani
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from typing import Any
 
 from aistack.etl.errors import EtlError
-from aistack.etl.parquet_io import MANIFEST, MANIFEST_FORMAT, read_manifest_of
+from aistack.etl.parquet_io import MANIFEST, MANIFEST_FORMAT, read_manifest_of, replace_manifest
 from aistack.etl.schemas import content_hash
 from aistack.etl.storage import open_storage
 
@@ -133,15 +132,9 @@ def merge_datasets(parts: list[str], out: str) -> dict[str, Any]:
             "partitions": len(parts),
         },
     }
-    previous = read_manifest_of(target) if target.exists(MANIFEST) else None
-    target.write_bytes(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
-    if previous:
-        # Files the replaced manifest listed that nothing lists now are unreachable: delete
-        # them, except inside a partition dataset (its own manifest lists its files).
-        listed = {key for table in tables.values() for key in table["files"]}
-        datasets = [p + "/" for p in [*prefixes, *previous.get("parts", [])]]
-        for table in previous.get("tables", {}).values():
-            for key in table.get("files", []):
-                if key not in listed and not any(key.startswith(d) for d in datasets):
-                    target.delete(key)
+
+    def in_a_partition(key: str, previous: dict[str, Any]) -> bool:  # its own manifest lists it
+        return any(key.startswith(p + "/") for p in [*prefixes, *previous.get("parts", [])])
+
+    replace_manifest(target, manifest, keep=in_a_partition)
     return manifest

@@ -15,7 +15,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,9 +144,9 @@ class TableWriter:
         self.flush()
         self._close_part()
         if not self.files:  # an empty table is still a readable table
-            with self.storage.writer(f"{self.name}/part-00000-{self.run_id}.parquet") as sink:
-                pq.write_table(self.schema.empty_table(), sink, compression="zstd")
-            self.files.append(f"{self.name}/part-00000-{self.run_id}.parquet")
+            self.files.append(
+                write_empty_table(self.storage, f"{self.name}/part-00000-{self.run_id}.parquet", self.schema)
+            )
 
     def abort(self, exc: BaseException) -> None:
         self._close_part(exc)
@@ -186,14 +186,7 @@ class DatasetWriter:
             },
             "summary": summary,
         }
-        previous = read_manifest_of(self.storage) if self.storage.exists(MANIFEST) else None
-        self.storage.write_bytes(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
-        if previous:  # parts of the replaced dataset are no longer reachable
-            current = {f for t in self.tables.values() for f in t.files}
-            for table in previous["tables"].values():
-                for key in table["files"]:
-                    if key not in current:
-                        self.storage.delete(key)
+        replace_manifest(self.storage, manifest)
         return self.storage.child(MANIFEST)
 
     def abort(self, exc: BaseException) -> None:
@@ -201,6 +194,34 @@ class DatasetWriter:
         for table in self.tables.values():
             with contextlib.suppress(StorageError, OSError):  # the original failure is what gets reported
                 table.abort(exc)
+
+
+def write_empty_table(storage: Storage, key: str, schema: pa.Schema) -> str:
+    """An empty part of `schema` at `key` (an empty table is still a readable table); returns `key`."""
+    with storage.writer(key) as sink:
+        pq.write_table(schema.empty_table(), sink, compression="zstd")
+    return key
+
+
+def write_manifest(storage: Storage, manifest: dict[str, Any]) -> None:
+    """Write the dataset's manifest: done last, so a reader sees the old dataset or the new one."""
+    storage.write_bytes(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+
+
+def replace_manifest(
+    storage: Storage, manifest: dict[str, Any], keep: Callable[[str, dict[str, Any]], bool] | None = None
+) -> None:
+    """Write `manifest` over the dataset's; then delete the files only the replaced manifest
+    listed (nothing reaches them now) unless `keep(key, replaced manifest)` claims them."""
+    previous = read_manifest_of(storage) if storage.exists(MANIFEST) else None
+    write_manifest(storage, manifest)
+    if not previous:
+        return
+    listed = {key for table in manifest["tables"].values() for key in table["files"]}
+    for table in previous.get("tables", {}).values():
+        for key in table.get("files", []):
+            if key not in listed and not (keep and keep(key, previous)):
+                storage.delete(key)
 
 
 def read_manifest_of(storage: Storage) -> dict[str, Any]:

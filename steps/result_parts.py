@@ -9,7 +9,6 @@ already done and skips their items: killed at 90%, it does not redo 90%. The man
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from aistack.etl.parquet_io import MANIFEST, MANIFEST_FORMAT
+from aistack.etl.parquet_io import MANIFEST, MANIFEST_FORMAT, write_empty_table, write_manifest
 from aistack.etl.schemas import RESULTS
 from aistack.etl.storage import open_storage
 
@@ -113,15 +112,12 @@ class ResultParts:
         """The manifest, last: every part of every group, in order (`rows`: how many they hold)."""
         files = [self._parts(g)[i] for g in self.groups_in_order() for i in sorted(self._parts(g))]
         if not files:  # no input at all: still a readable, empty table
-            key = "results/empty/part-00000.parquet"
-            with self.storage.writer(key) as sink:
-                pq.write_table(RESULTS.empty_table(), sink, compression="zstd")
-            files = [key]
+            files = [write_empty_table(self.storage, "results/empty/part-00000.parquet", RESULTS)]
         manifest = {
             "format": MANIFEST_FORMAT,
             "run_id": "parts",
             "tables": {"results": {"files": files, "rows": rows, "schema": "results"}},
             "summary": summary,
         }
-        self.storage.write_bytes(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+        write_manifest(self.storage, manifest)
         return self.storage.child(MANIFEST)
