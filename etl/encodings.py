@@ -40,6 +40,7 @@ def available_offline() -> list[str]:
     return sorted(name for name, alias in _OFFLINE_ALIASES.items() if alias in registered)
 
 
+@functools.cache  # read once per process: every cache file name of the encoding needs it
 def _plugin_source(alias: str) -> bytes | None:
     """The source of the module that registers `alias` (its expected_hash pins the ranks file),
     or None when that package is not installed. Found without importing it or scanning plugins."""

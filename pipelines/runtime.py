@@ -321,8 +321,7 @@ def stage(target: str, workflow: str, stage_name: str, shard: int = 0, shard_cou
     records = _stage_records(task, st, run, shard, shard_count)
     host, hosts = ollama_host(), agent_hosts()
     wait = float(os.environ.get("AISTACK_MODEL_WAIT_SECONDS", "900"))
-    everyone = [stage_spec.agent, *stage_spec.participants, *([stage_spec.judge] if stage_spec.judge else [])]
-    for where, model in dict.fromkeys((hosts.get(a.name, host), a.model) for a in everyone):
+    for where, model in dict.fromkeys((hosts.get(a.name, host), a.model) for a in stage_spec.agents):
         wait_for_model(where, model, timeout=wait)
     cache_uri = (
         None if task.cache.policy == "Off" else (task.cache.uri or f"{task.output_target.rstrip('/')}/cache")

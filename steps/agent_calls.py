@@ -48,6 +48,11 @@ class StageSpec:
     cache_scope: str = ""  # where this step's answers live in the result cache (e.g. its shard)
 
     @property
+    def agents(self) -> list[AgentConfig]:
+        """Every agent the stage calls: its own, the other participants, the judge."""
+        return [self.agent, *self.participants, *([self.judge] if self.judge else [])]
+
+    @property
     def cache_prefix(self) -> str:
         """The result cache's segment prefix for this step: its scope, else the stage's name."""
         return self.cache_scope or self.name

@@ -20,10 +20,10 @@ from typing import Any
 
 from aistack.etl.encodings import load_encoding
 from aistack.steps.engine_api import Generation, GenerationRequest, ModelCard, PieceFn
-from aistack.steps.roles import ROLES
+from aistack.steps.roles import NO_ANSWER, ROLES
 
 ENGINE_VERSION = "4"  # part of every model digest: bump when answers change
-REFUSAL = "The context does not contain the answer."  # = roles.NO_ANSWER
+REFUSAL = NO_ANSWER  # what a QnA agent says when the context lacks the answer
 _SECTION = re.compile(
     r"^### (Question|Labels|Output|Context|Conversation so far|Instruction)\n", re.MULTILINE
 )

@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 from aistack.etl.encodings import load_encoding
 from aistack.etl.schemas import content_hash
 from aistack.steps.agent_calls import (
-    DEFAULT_CONTEXT,
     ClientFor,
     InputRecord,
     ProgressFn,
@@ -37,7 +36,6 @@ from aistack.steps.result_parts import PART_ROWS, PartTotals, ResultParts
 from aistack.steps.roles import role
 
 __all__ = [
-    "DEFAULT_CONTEXT",
     "ConvergenceError",
     "InputRecord",
     "StageFailedError",
@@ -303,7 +301,7 @@ async def run_chat(
     is read only until half the smallest context window is filled: the transcript needs the rest."""
     client_for = client_resolver(clients)
     speakers = [stage.agent, *stage.participants]
-    everyone = [*speakers, *([stage.judge] if stage.judge else [])]
+    everyone = stage.agents
     infos = {a.name: await client_for(a).model_info(a.model) for a in everyone}
     enc = load_encoding()
     window = max(256, min(context_tokens(a, infos[a.name]) for a in everyone) // 2)
