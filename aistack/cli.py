@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -25,7 +24,7 @@ from aistack.console import (
 from aistack.doctor_command import doctor_command
 from aistack.etl_command import etl_command
 from aistack.gateway.command import gateway_command
-from aistack.models_command import models_app
+from aistack.models_command import Engine, models_app
 from aistack.operator_command import operator_app
 
 app = typer.Typer(
@@ -116,11 +115,6 @@ def validate(
 app.add_typer(models_app, name="models")
 
 
-class StandIn(StrEnum):
-    LLAMA = "llama"
-    EXTRACTIVE = "extractive"
-
-
 @app.command("run")
 def run_command(
     task_file: Annotated[Path, typer.Argument(help="A TaskOrchestration YAML file.")],
@@ -132,12 +126,12 @@ def run_command(
     ] = None,
     workers: Annotated[int, typer.Option(help="Parallel shards.", min=1)] = 4,
     stand_in: Annotated[
-        StandIn,
+        Engine,
         typer.Option(
             help="What answers for models no Ollama here provides: llama (the embedded LLM) or "
             "extractive (instant, exact, not a language model)."
         ),
-    ] = StandIn.LLAMA,
+    ] = Engine.LLAMA,
 ) -> None:
     """Run a task on this machine: the compiled graph, with Ollama or the embedded model server."""
     import json as _json

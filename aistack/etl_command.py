@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import sys
 from typing import Annotated
 
@@ -83,7 +82,7 @@ def etl_command(
             loader=LoaderOptions(
                 text_field=text_field, max_document_bytes=int(max_document_mb * 1024 * 1024)
             ),
-            threads=workers or os.cpu_count() or 2,
+            threads=workers,  # None: the chunker's default, one per core
         )
         with progress_bar() as bar:
             task = bar.add_task("etl", total=None)
