@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -38,7 +38,7 @@ def check_include(include: str | None, root: Path | None = None, resolve: bool =
     if not include:
         return
     field = "spec.input.include"
-    if include.startswith("/") or PurePosixPath(include).is_absolute():
+    if include.startswith("/"):
         raise InputRefused(field, f"{include!r} is an absolute path; give a glob inside the dataset", False)
     if ".." in include.split("/"):
         raise InputRefused(field, f"{include!r} has a '..' segment; it must stay inside the dataset", False)
@@ -102,17 +102,13 @@ class InputPolicy:
             raise InputRefused(field, "contains a NUL character", False)
         if ".." in path.split("/"):
             raise InputRefused(field, f"{uri!r} has a '..' segment", False)
-        fixed, _ = split_pattern(path)
+        fixed, glob = split_pattern(path)
         where = _resolved(Path(fixed if fixed.startswith("/") else "/"), self.resolve)
         if not any(where.is_relative_to(root) for root in self.roots):
             allowed = ", ".join(str(r) for r in self.roots)
             raise InputRefused(field, f"{uri} is outside this gateway's input roots ({allowed}); "
                                "its operator can allow more with --input-root", True)  # fmt: skip
-        check_include(include, where if not _has_glob(path) else None, self.resolve)
-
-
-def _has_glob(path: str) -> bool:
-    return any(ch in path for ch in "*?[")
+        check_include(include, where if not glob else None, self.resolve)
 
 
 def check_own_input(task_input: dict[str, Any] | None, datasets: Path) -> None:
@@ -125,5 +121,5 @@ def check_own_input(task_input: dict[str, Any] | None, datasets: Path) -> None:
         root = datasets / task_input["dataset"]
     elif str(task_input.get("uri", "")).startswith("file://"):
         path = unquote(urlparse(task_input["uri"]).path)
-        root = None if _has_glob(path) else Path(path)
+        root = None if split_pattern(path)[1] else Path(path)
     check_include(task_input["include"], root if root is not None and root.is_dir() else None)
