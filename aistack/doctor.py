@@ -19,9 +19,9 @@ from kubernetes.client.exceptions import ApiException
 from aistack.crds.models import GROUP, VERSION, OllamaAgent, TaskOrchestration
 from aistack.crds.schema import KINDS, resource_schema
 from aistack.operator.kube import CALLS, OWNER_FINALIZERS, _or_none
+from aistack.pipelines.compile import GPU_RESOURCE as GPU
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
-GPU = "nvidia.com/gpu"
 # what kopf itself needs besides the operator's own calls (infra/base/operator/rbac.yaml)
 KOPF_NEEDS = (
     {
@@ -98,17 +98,20 @@ class Doctor:
 
     # ------------------------------------------------------------------ checks
 
+    def _crd(self, name: str) -> dict[str, Any] | None:
+        return _or_none(
+            self.custom.get_cluster_custom_object,
+            "apiextensions.k8s.io",
+            "v1",
+            "customresourcedefinitions",
+            name,
+        )
+
     def crds(self) -> list[Finding]:
         out = []
         for kind, info in KINDS.items():
             name = f"{info['plural']}.{GROUP}"
-            crd = _or_none(
-                self.custom.get_cluster_custom_object,
-                "apiextensions.k8s.io",
-                "v1",
-                "customresourcedefinitions",
-                name,
-            )
+            crd = self._crd(name)
             if crd is None:
                 out.append(Finding(f"CRD {name}", FAIL, "not installed", "kubectl apply -f crds/"))
                 continue
@@ -133,13 +136,7 @@ class Doctor:
         out = []
         for plural in ("workflows", "cronworkflows"):
             name = f"{plural}.argoproj.io"
-            crd = _or_none(
-                self.custom.get_cluster_custom_object,
-                "apiextensions.k8s.io",
-                "v1",
-                "customresourcedefinitions",
-                name,
-            )
+            crd = self._crd(name)
             out.append(Finding(f"Argo CRD {name}", OK, "installed") if crd else
                        Finding(f"Argo CRD {name}", FAIL, "not installed", "install Argo Workflows (infra/base/argo-workflows)"))  # fmt: skip
         controllers = [
@@ -205,8 +202,7 @@ class Doctor:
                         "kubectl apply -k infra/overlays/<env>/controllers (infra/base/model-cache)",
                     )
                 )
-            elif (pvc.status.phase if pvc.status else None) != "Bound":
-                phase = pvc.status.phase if pvc.status else "unknown"
+            elif (phase := pvc.status.phase if pvc.status else "unknown") != "Bound":
                 out.append(
                     Finding(
                         what,
