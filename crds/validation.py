@@ -26,7 +26,7 @@ import jsonschema
 
 from aistack.crds.models import API_VERSION, DNS1123_SUBDOMAIN, OllamaAgent, TaskOrchestration
 from aistack.crds.schema import KINDS, resource_schema
-from aistack.crds.yaml_loader import read_manifest_file, short
+from aistack.crds.yaml_loader import read_manifest_file, short, short_text
 
 MAX_LISTED_ISSUES = 20  # an error line names the first ones and counts the rest
 
@@ -48,7 +48,7 @@ class InvalidResourceError(ValueError):
         listed = "; ".join(str(i) for i in issues[:MAX_LISTED_ISSUES])
         if len(issues) > MAX_LISTED_ISSUES:
             listed += f"; and {len(issues) - MAX_LISTED_ISSUES} more"
-        super().__init__(f'{short(kind, 40)[1:-1]} "{short(name)[1:-1]}" is invalid: {listed}')
+        super().__init__(f'{short_text(kind, 40)} "{short_text(name)}" is invalid: {listed}')
 
 
 def _path(parts: list[Any] | tuple[Any, ...]) -> str:
@@ -109,7 +109,7 @@ def _schema_issues(obj: dict[str, Any], kind: str) -> list[Issue]:
         path = list(error.absolute_path)
         if error.validator == "additionalProperties":
             extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-            listed = ", ".join(short(k, 40)[1:-1] for k in extra[:10]) + (" ..." if len(extra) > 10 else "")
+            listed = ", ".join(short_text(k, 40) for k in extra[:10]) + (" ..." if len(extra) > 10 else "")
             issues.append(Issue(_path(path), f"unknown field(s) {listed}"))
         elif error.validator == "required":
             missing = error.message.split("'")[1]
@@ -139,7 +139,7 @@ def _cel_issues(value: Any, schema: dict[str, Any], path: list[Any]) -> list[Iss
         try:
             ok = _program(rule["rule"]).execute({"self": value})
         except Exception as exc:  # evaluation errors reject the object, as in the API server
-            issues.append(Issue(_path(path), f"{rule['message']} (rule error: {short(str(exc))[1:-1]})"))
+            issues.append(Issue(_path(path), f"{rule['message']} (rule error: {short_text(str(exc))})"))
             continue
         if ok is not True:
             issues.append(Issue(_path(path), rule["message"]))

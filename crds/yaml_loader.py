@@ -41,6 +41,12 @@ def short(value: Any, limit: int = MAX_MESSAGE_VALUE) -> str:
     return text if len(text) <= limit else f"{text[: limit - 14]}... ({len(text):,} chars)"
 
 
+def short_text(value: str, limit: int = MAX_MESSAGE_VALUE) -> str:
+    """A string as `short` gives it, without repr's quotes (the closing one is cut with the rest)."""
+    text = short(value, limit)
+    return text[1:-1] if len(text) == len(repr(value)) else text[1:]
+
+
 _BOOL = re.compile(
     r"^(?:y|Y|yes|Yes|YES|n|N|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$"
 )

@@ -261,3 +261,12 @@ def test_messages_stay_short_whatever_the_value() -> None:
     with pytest.raises(InvalidResourceError) as err:
         parse(many)
     assert len(str(err.value)) < 1000
+
+
+def test_a_long_name_in_a_message_is_cut_with_its_count_whole() -> None:
+    from aistack.crds.yaml_loader import short_text
+
+    assert short_text("agent-1") == "agent-1"
+    cut = short_text("x" * 500, 60)
+    assert cut.startswith("xxx") and cut.endswith("... (502 chars)"), cut  # repr's length, ")" kept
+    assert len(cut) <= 60
