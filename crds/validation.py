@@ -99,8 +99,7 @@ def _program(rule: str) -> Any:
 
 def _message(error: jsonschema.ValidationError) -> str:
     """jsonschema's message with the offending value cut short (it embeds its whole repr)."""
-    whole = repr(error.instance)
-    return error.message.replace(whole, short(error.instance)) if len(whole) > 80 else error.message
+    return error.message.replace(repr(error.instance), short(error.instance))  # a short one stays whole
 
 
 def _schema_issues(obj: dict[str, Any], kind: str) -> list[Issue]:
@@ -226,9 +225,8 @@ def _validate(obj: Any) -> tuple[dict[str, Any], list[Issue]]:
         )
     schema = resource_schema(kind)
     defaulted = apply_defaults(obj, schema)
-    schema_issues = _schema_issues(defaulted, kind)
-    issues += schema_issues
-    if not schema_issues and not issues:  # CEL assumes a schema-valid object, as in the API server
+    issues += _schema_issues(defaulted, kind)
+    if not issues:  # CEL assumes a schema-valid object, as in the API server
         issues += _cel_issues(defaulted, schema, [])
         issues += _semantic_issues(kind, defaulted)
     return defaulted, issues
