@@ -7,6 +7,8 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
+from aistack.crds.paths import field_path
+
 MESSAGE_LIMIT = 2000  # characters: a message quoting a huge value is cut, never a screenful
 ISSUE_LIMIT = 5  # field problems listed in one message; the rest are counted
 
@@ -17,14 +19,6 @@ def one_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
     if len(flat) <= limit:
         return flat
     return f"{flat[:limit]}… ({len(flat) - limit} more characters)"
-
-
-def field_path(loc: Iterable[Any]) -> str:
-    """A location as the CRD validator writes it: `spec.pipeline[0].mode`."""
-    path = ""
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path
 
 
 def issues(errors: Iterable[dict[str, Any]]) -> list[str]:

@@ -25,6 +25,7 @@ import cel
 import jsonschema
 
 from aistack.crds.models import API_VERSION, DNS1123_SUBDOMAIN, OllamaAgent, TaskOrchestration
+from aistack.crds.paths import field_path
 from aistack.crds.schema import KINDS, resource_schema
 from aistack.crds.yaml_loader import read_manifest_file, short, short_text
 
@@ -49,13 +50,6 @@ class InvalidResourceError(ValueError):
         if len(issues) > MAX_LISTED_ISSUES:
             listed += f"; and {len(issues) - MAX_LISTED_ISSUES} more"
         super().__init__(f'{short_text(kind, 40)} "{short_text(name)}" is invalid: {listed}')
-
-
-def _path(parts: list[Any] | tuple[Any, ...]) -> str:
-    out = ""
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 def apply_defaults(value: Any, schema: dict[str, Any]) -> Any:
@@ -109,26 +103,26 @@ def _schema_issues(obj: dict[str, Any], kind: str) -> list[Issue]:
         if error.validator == "additionalProperties":
             extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
             listed = ", ".join(short_text(k, 40) for k in extra[:10]) + (" ..." if len(extra) > 10 else "")
-            issues.append(Issue(_path(path), f"unknown field(s) {listed}"))
+            issues.append(Issue(field_path(path), f"unknown field(s) {listed}"))
         elif error.validator == "required":
             missing = error.message.split("'")[1]
-            issues.append(Issue(_path([*path, missing]), "Required value"))
+            issues.append(Issue(field_path([*path, missing]), "Required value"))
         elif error.validator == "enum":
             issues.append(
                 Issue(
-                    _path(path),
+                    field_path(path),
                     f"Unsupported value {short(error.instance)}: supported values: {error.validator_value}",
                 )
             )
         elif error.validator == "pattern":
             issues.append(
                 Issue(
-                    _path(path),
+                    field_path(path),
                     f"Invalid value {short(error.instance)}: should match '{error.validator_value}'",
                 )
             )
         else:
-            issues.append(Issue(_path(path), f"Invalid value: {_message(error)}"))
+            issues.append(Issue(field_path(path), f"Invalid value: {_message(error)}"))
     return issues
 
 
@@ -138,10 +132,10 @@ def _cel_issues(value: Any, schema: dict[str, Any], path: list[Any]) -> list[Iss
         try:
             ok = _program(rule["rule"]).execute({"self": value})
         except Exception as exc:  # evaluation errors reject the object, as in the API server
-            issues.append(Issue(_path(path), f"{rule['message']} (rule error: {short_text(str(exc))})"))
+            issues.append(Issue(field_path(path), f"{rule['message']} (rule error: {short_text(str(exc))})"))
             continue
         if ok is not True:
-            issues.append(Issue(_path(path), rule["message"]))
+            issues.append(Issue(field_path(path), rule["message"]))
     if isinstance(value, dict):
         for key, sub in schema.get("properties", {}).items():
             if key in value:
