@@ -6,30 +6,19 @@ last (etl.parquet_io), so readers see the previous outputs or the new ones, neve
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from aistack.crds.models import TaskOrchestrationSpec
-from aistack.etl.parquet_io import DatasetWriter, read_manifest
+from aistack.etl.parquet_io import DatasetWriter, iter_table, read_manifest
 from aistack.etl.schemas import RESULTS
 from aistack.etl.storage import open_storage
 from aistack.steps.model_names import full_name
+from aistack.steps.result_parts import PartTotals
 
 MAX_OUTPUTS = 20  # final answers copied into summary.json (all of them are in `results`)
-
-
-def row_groups(uri: str, table: str) -> Iterator[pa.Table]:
-    """A published table's row groups, one at a time."""
-    storage = open_storage(uri)
-    for key in read_manifest(uri)["tables"][table]["files"]:
-        with storage.local_copy(key) as path:
-            parquet = pq.ParquetFile(path)
-            for i in range(parquet.num_row_groups):
-                yield parquet.read_row_group(i)
 
 
 def publish_run(task: TaskOrchestrationSpec, run: str, run_id: str, stages: dict[str, list[str]]) -> str:
@@ -50,13 +39,13 @@ def publish_run(task: TaskOrchestrationSpec, run: str, run_id: str, stages: dict
     for stage, shard_uris in stages.items():
         counts = {"rows": 0, "errors": 0, "prompt_tokens": 0, "eval_tokens": 0, "cached": 0}
         for uri in shard_uris:
-            for group in row_groups(uri, "results"):
+            # row group by row group: a part of PART_ROWS rows is one batch (up to 65,536 rows)
+            for batch in iter_table(uri, "results"):
+                group = pa.Table.from_batches([batch])
                 results.write_table(group)
-                counts["rows"] += group.num_rows
-                counts["errors"] += group.num_rows - group.column("error").null_count
-                for column in ("prompt_tokens", "eval_tokens"):
-                    counts[column] += pc.sum(group.column(column)).as_py() or 0
-                counts["cached"] += pc.sum(group.column("cached").cast(pa.int64())).as_py() or 0
+                part = PartTotals.of(group)
+                for column in counts:
+                    counts[column] += getattr(part, column)
                 served = (
                     group.select(["model", "served_model", "engine"])
                     .group_by(["model", "served_model", "engine"])
