@@ -34,6 +34,7 @@ from aistack.crds.validation import load_file, parse
 from aistack.pipelines.compile import compile_task
 from aistack.pipelines.model_servers import ollama_host
 from aistack.steps.extractive import EXTRACTIVE_MODEL
+from aistack.steps.model_names import names_model
 from aistack.steps.model_server import EmbeddedModelServer, normalize
 from aistack.steps.model_weights import NATIVE_MODEL
 
@@ -82,15 +83,13 @@ def ollama_reachable(host: str) -> bool:
         return False
 
 
-def model_server(
-    agents: dict[str, OllamaAgent], stand_in_engine: str = "llama"
-) -> tuple[str, EmbeddedModelServer | None]:
+def model_server(agents: dict[str, OllamaAgent]) -> tuple[str, EmbeddedModelServer | None]:
     """Where the agents' models are served: `OLLAMA_HOST` when it answers, else aistack's
     embedded model server, started here for their models (the caller stops it)."""
     host = ollama_host()
     if ollama_reachable(host):
         return host, None
-    server = _embedded_server(agents.values(), stand_in_engine)
+    server = _embedded_server(agents.values(), "llama")
     return server.start(), server
 
 
@@ -114,10 +113,9 @@ class ModelPlacement:
 
 def _ollama_has(host: str, model: str, on_event: Callable[[str], None] | None) -> bool:
     """Whether the Ollama at `host` has `model`, pulling it if it can (as `ollama run` does)."""
-    wanted = normalize(model)
     client = ollama.Client(host=host, timeout=30)
     try:
-        if any(m.model in (model, wanted) for m in client.list().models):
+        if any(names_model(m.model, model) for m in client.list().models):
             return True
         if on_event:
             on_event(f"pulling {model} at {host}")

@@ -11,7 +11,7 @@ import time
 import httpx
 import ollama
 
-from aistack.steps.model_names import full_name
+from aistack.steps.model_names import names_model
 
 
 def ollama_host() -> str:
@@ -51,11 +51,10 @@ def wait_for_model(host: str, model: str, timeout: float = 900.0) -> None:
     it has `model`: listed, or pulled now with its progress logged. A pull that fails (a model the
     server cannot provide) fails the step at once, with the server's reason."""
     deadline = time.monotonic() + timeout
-    wanted = full_name(model)
     client = ollama.Client(host=host, timeout=30)
 
     def listed() -> bool:
-        return any(m.model in (model, wanted) for m in client.list().models)
+        return any(names_model(m.model, model) for m in client.list().models)
 
     while True:
         try:

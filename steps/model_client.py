@@ -23,7 +23,7 @@ import httpx
 import ollama
 
 from aistack.etl.schemas import content_hash
-from aistack.steps.model_names import full_name
+from aistack.steps.model_names import full_name, names_model
 from aistack.steps.result_cache import ResultCache, Segment
 
 RETRYABLE_STATUS = frozenset({-1, 408, 429, 500, 502, 503, 504})
@@ -173,8 +173,7 @@ class ModelClient:
         if model in self._models:
             return self._models[model]
         listing, _ = await self._with_retries("listing models", self._client.list)
-        wanted = full_name(model)
-        entry = next((m for m in listing.models if m.model in (model, wanted)), None)
+        entry = next((m for m in listing.models if names_model(m.model, model)), None)
         if entry is None:
             names = ", ".join(sorted(m.model or "" for m in listing.models)) or "none"
             raise ModelCallError(
@@ -192,7 +191,7 @@ class ModelClient:
             model,
             entry.digest or "",
             context,
-            served_model=str(model_info.get("aistack.served_by") or entry.model or wanted),
+            served_model=str(model_info.get("aistack.served_by") or entry.model or full_name(model)),
             engine=str(engine),
             stand_in=bool(model_info.get("aistack.stand_in", False)),
         )
