@@ -108,11 +108,9 @@ class LocalStorage:
         with open_regular(str(self._path(key)), self.confine_root) as fh:
             yield fh
 
-    @contextlib.contextmanager
-    def open_ranged(self, key: str, size: int | None = None) -> Iterator[BinaryIO]:
-        """A local file is already seekable: the file itself, opened as `open_input` does."""
-        with open_regular(str(self._path(key)), self.confine_root) as fh:
-            yield fh
+    def open_ranged(self, key: str, size: int | None = None) -> contextlib.AbstractContextManager[BinaryIO]:
+        """A local file is already seekable: the file itself, opened by `open_input`."""
+        return self.open_input(key)
 
     @contextlib.contextmanager
     def local_copy(self, key: str) -> Iterator[Path]:
@@ -214,16 +212,13 @@ class S3Storage:
     @contextlib.contextmanager
     def open_input(self, key: str) -> Iterator[BinaryIO]:
         """The object, downloaded (with boto3's retries) to a local file; unreadable after them."""
-        try:
-            cm = self.local_copy(key)
-            path = cm.__enter__()
-        except StorageError as exc:
-            raise InputProblem("unreadable", str(exc)) from exc
-        try:
+        with contextlib.ExitStack() as stack:
+            try:  # only the download is an input problem; what the reader raises stays its own
+                path = stack.enter_context(self.local_copy(key))
+            except StorageError as exc:
+                raise InputProblem("unreadable", str(exc)) from exc
             with path.open("rb") as fh:
                 yield fh
-        finally:
-            cm.__exit__(None, None, None)
 
     @contextlib.contextmanager
     def open_ranged(self, key: str, size: int | None = None) -> Iterator[BinaryIO]:
