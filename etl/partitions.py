@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from aistack.etl.errors import EtlError
 from aistack.etl.job import EtlOptions, EtlSummary, ProgressFn, run_pieces
@@ -147,8 +148,6 @@ def _item(source: SourceFile) -> PartitionItem:
 def _row_group_edges(source: SourceFile, loader: LoaderOptions) -> list[int]:
     """Offsets in the file where row groups 1.. start, from the footer alone; none if the file
     will be rejected whole (unreadable footer, no text column, not a string column)."""
-    import pyarrow.parquet as pq
-
     try:
         with source.storage.open_ranged(source.obj.key, source.obj.size) as fh:
             pf = pq.ParquetFile(fh)

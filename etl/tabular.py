@@ -9,6 +9,9 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import BinaryIO
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from aistack.etl.decoding import bom_codec, text_stream, too_large
 from aistack.etl.parquet_ranges import iter_row_group_batches
 from aistack.etl.ranged import RangedReader
@@ -200,8 +203,6 @@ def load_csv(source: SourceFile, options: LoaderOptions) -> Iterator[Record]:
 
 
 def is_text_type(t: object) -> bool:
-    import pyarrow as pa
-
     if pa.types.is_dictionary(t):
         t = t.value_type
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
@@ -214,8 +215,6 @@ def load_parquet(
     `row_groups`; each named `URI#row=N`, N counted from 1 over the whole file (the footer
     gives the rows before a row group). Problems of the file as a whole are reported by the
     piece that holds row group 0, so a file cut into pieces reports them once."""
-    import pyarrow.parquet as pq
-
     name = options.text_field
     first = row_groups is None or 0 in row_groups
     with source.storage.open_ranged(source.obj.key, source.obj.size) as fh:
