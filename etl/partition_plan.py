@@ -1,8 +1,9 @@
 """A partition plan as data: what each ingest pod reads, JSON-serialisable and checked.
 
 A `Partition` lists its items (a listed entry, or the piece of one: a byte range of a line
-file, row groups of a Parquet file) under one storage root. The plan is stored as one JSON
-file (`write_plan`); a pod reads it back and runs its own partition. What is read back is
+file, row groups of a Parquet file) under one storage root. The plan step stores each
+partition in a JSON file of its own (`write_partitions`), so an ingest pod reads only its own
+(`read_partition`); `write_plan` stores a whole plan as one file. What is read back is
 checked field by field, so a file that is not a plan (or a key that climbs out of the root)
 is refused with the field named, never read.
 """
@@ -95,6 +96,11 @@ class PartitionItem:
         return cls(key, size, fmt, problem, byte_range, groups, _field(data, "bytes", int, where))
 
 
+def partition_name(index: int) -> str:
+    """`part-00000`: where partition `index`'s dataset goes, under the merged dataset."""
+    return f"part-{index:05d}"
+
+
 @dataclass(frozen=True, slots=True)
 class Partition:
     """A contiguous run of the listing: what one ingest pod reads. JSON-serialisable."""
@@ -106,8 +112,7 @@ class Partition:
 
     @property
     def name(self) -> str:
-        """`part-00000`: where this partition's dataset goes, under the merged dataset."""
-        return f"part-{self.index:05d}"
+        return partition_name(self.index)
 
     @property
     def bytes(self) -> int:
@@ -210,12 +215,16 @@ def write_plan(uri: str, partitions: list[Partition]) -> str:
     return storage.child(PLAN_FILE)
 
 
+def _partition_key(index: int) -> str:
+    return f"plan/{partition_name(index)}.json"
+
+
 def write_partitions(uri: str, partitions: list[Partition]) -> None:
     """Each partition in a file of its own (`plan/part-N.json` under `uri`), then their count: a
     reader of one partition reads only its own, whatever the input's number of files."""
     storage = open_storage(uri)
     for partition in partitions:
-        storage.write_bytes(f"plan/{partition.name}.json", partition.to_json().encode())
+        storage.write_bytes(_partition_key(partition.index), partition.to_json().encode())
     storage.write_bytes("plan/count.json", json.dumps({"partitions": len(partitions)}).encode())
 
 
@@ -229,7 +238,7 @@ def partition_count(uri: str) -> int:
 def read_partition(uri: str, index: int) -> Partition:
     """Partition `index` of the plan `write_partitions` stored under `uri`."""
     storage = open_storage(uri)
-    key = f"plan/part-{index:05d}.json"
+    key = _partition_key(index)
     if not 0 <= index < partition_count(uri) or not storage.exists(key):
         raise EtlError(f"no partition {index} in the plan at {uri}")
     return Partition.from_json(storage.read_bytes(key))

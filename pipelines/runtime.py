@@ -37,6 +37,7 @@ from aistack.etl.parquet_io import chunk_row_groups, iter_row_groups, read_manif
 from aistack.etl.partitions import (
     merge_datasets,
     partition_count,
+    partition_name,
     plan_partitions,
     read_partition,
     run_etl_partition,
@@ -171,7 +172,7 @@ def etl(target: str, workflow: str) -> str:
     run = run_spec.run_uri(target, workflow)
     task = run_spec.load(run).task
     dataset = f"{run}/etl"
-    names = [f"part-{i:05d}" for i in range(partition_count(dataset))]
+    names = [partition_name(i) for i in range(partition_count(dataset))]
     merged = merge_datasets([f"{dataset}/{name}" for name in names], dataset)
     summary = merged["summary"]
     if summary["documents"] == 0:
