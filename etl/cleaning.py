@@ -16,15 +16,15 @@ import re
 import unicodedata
 
 # Unicode Cc (C0, DEL, C1) except tab and LF, Cs (surrogates) and the BOM; LF/CR are handled first
-_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufeff]+")
+_CONTROL_CHARS = "\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufeff"
+_LINE_END_CHARS = "\x85\u2028\u2029"
+_SPACE_CHARS = "\xa0\u1680\u2000-\u200a\u202f\u205f\u3000"  # Unicode Zs except the space itself
+_CONTROLS = re.compile(f"[{_CONTROL_CHARS}]+")
 _ASCII_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f]+")
-_UNICODE_LINE_ENDS = re.compile("[\x85\u2028\u2029]")
-# Unicode Zs except the space itself
-_SPACES = re.compile("[\xa0\u1680\u2000-\u200a\u202f\u205f\u3000]")
+_UNICODE_LINE_ENDS = re.compile(f"[{_LINE_END_CHARS}]")
+_SPACES = re.compile(f"[{_SPACE_CHARS}]")
 # any character one of the three Unicode passes would touch: one scan decides whether they run
-_UNICODE_SPECIAL = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufeff\x85\u2028\u2029\xa0\u1680\u2000-\u200a\u202f\u205f\u3000]"
-)
+_UNICODE_SPECIAL = re.compile(f"[{_CONTROL_CHARS}{_LINE_END_CHARS}{_SPACE_CHARS}]")
 _TRAILING = re.compile(r"[ \t]+$", flags=re.MULTILINE)
 _BLANK_RUNS = re.compile(r"\n{3,}")
 
