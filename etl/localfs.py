@@ -57,6 +57,12 @@ def check_confined(path: str, root: str | None) -> str:
     return real
 
 
+def _require_regular(st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode), "special file")
+        raise InputProblem("not_a_regular_file", f"a {kind}, not a regular file")
+
+
 def regular_file_size(path: str, confine_root: str | None = None) -> tuple[int, tuple[int, int]]:
     """(size, (device, inode)) of the regular file `path` leads to; InputProblem otherwise."""
     target = check_confined(path, confine_root)
@@ -64,9 +70,7 @@ def regular_file_size(path: str, confine_root: str | None = None) -> tuple[int, 
         st = os.stat(target)
     except OSError as exc:
         raise _problem(path, exc) from exc
-    if not stat.S_ISREG(st.st_mode):
-        kind = _KINDS.get(stat.S_IFMT(st.st_mode), "special file")
-        raise InputProblem("not_a_regular_file", f"a {kind}, not a regular file")
+    _require_regular(st)
     return st.st_size, (st.st_dev, st.st_ino)
 
 
@@ -81,10 +85,7 @@ def open_regular(path: str, confine_root: str | None = None) -> BinaryIO:
     except OSError as exc:
         raise _problem(path, exc) from exc
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            kind = _KINDS.get(stat.S_IFMT(st.st_mode), "special file")
-            raise InputProblem("not_a_regular_file", f"a {kind}, not a regular file")
+        _require_regular(os.fstat(fd))
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
@@ -163,11 +164,7 @@ def walk_entries(base: Path) -> Iterator[tuple[Path, InputProblem | None]]:
     """
     errors: list[OSError] = []
     for dirpath, dirnames, filenames in os.walk(base, onerror=errors.append):
-        for exc in errors:
-            yield (
-                Path(exc.filename or dirpath),
-                InputProblem("unreadable", f"cannot list directory: {exc.strerror}"),
-            )
+        yield from (_unlisted(exc, dirpath) for exc in errors)
         errors.clear()
         entries: list[tuple[str, InputProblem | None]] = [
             (n, None) for n in filenames if not n.startswith(".")
@@ -185,5 +182,8 @@ def walk_entries(base: Path) -> Iterator[tuple[Path, InputProblem | None]]:
         dirnames[:] = sorted(keep)
         for name, problem in sorted(entries, key=lambda e: e[0]):
             yield Path(dirpath) / name, problem
-    for exc in errors:  # the base itself could not be listed
-        yield Path(exc.filename or base), InputProblem("unreadable", f"cannot list directory: {exc.strerror}")
+    yield from (_unlisted(exc, base) for exc in errors)  # the base itself could not be listed
+
+
+def _unlisted(exc: OSError, where: str | Path) -> tuple[Path, InputProblem]:
+    return Path(exc.filename or where), InputProblem("unreadable", f"cannot list directory: {exc.strerror}")
