@@ -137,17 +137,17 @@ def reconcile_task(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, namesp
         created, fresh = kube.create_or_get_workflow(namespace, manifest)
         if fresh:
             metrics.WORKFLOWS_CREATED.labels(kind).inc()
+        wf_name = created["metadata"]["name"]
         previous = status.get("workflowName")
-        replaced = kind == "CronWorkflow" and previous and previous != created["metadata"]["name"]
+        replaced = kind == "CronWorkflow" and previous and previous != wf_name
         # one schedule per task: the previous generation's stops (runs it started go on)
         if replaced and kube.delete_cron_workflow(namespace, previous):
-            new = created["metadata"]["name"]
-            report(body, "ScheduleReplaced", f"CronWorkflow {previous} deleted: replaced by {new}")
+            report(body, "ScheduleReplaced", f"CronWorkflow {previous} deleted: replaced by {wf_name}")
         phase = "Scheduled" if kind == "CronWorkflow" else "Submitted"
-        message = f"{kind} {created['metadata']['name']} {'created' if fresh else 'adopted'}"
+        message = f"{kind} {wf_name} {'created' if fresh else 'adopted'}"
         report(body, "WorkflowCreated" if fresh else "WorkflowAdopted", message)
         _set_status(patch, dict(status), {
-            "phase": phase, "workflowName": created["metadata"]["name"], "observedGeneration": generation, "message": message,
+            "phase": phase, "workflowName": wf_name, "observedGeneration": generation, "message": message,
             "conditions": [condition("AgentsReady", True, "AgentsReady", "all agents are ready", generation),
                            condition("Submitted", True, "WorkflowCreated" if fresh else "WorkflowAdopted", message, generation)],
         })  # fmt: skip
