@@ -222,11 +222,11 @@ def main() -> None:
         for mb in sizes:
             print(f"{mb} MB:", flush=True)
             results[mb] = found = measure(steps, client, mb, args.shards)
-            m, c = found["map"], found["cached"]
+            m = found["map"]
             print(f"  plan {found['plan']['seconds']:.1f} s, {found['ingest']['partitions']} partitions; ingest one alone "
                   f"{found['ingest']['alone_s']:.1f} s, all at once {found['ingest']['together_s']:.1f} s; "
                   f"map shard 1 of {m['shards']}: {m['seconds']:.1f} s", flush=True)  # fmt: skip
-            report(mb, found, c)
+            report(found)
         small, large = sizes[0], sizes[1] if len(sizes) > 1 else sizes[0]
         print(f"\npeak RSS, {large} MB against {small} MB (target <= 1.20x):")
         for step in ("plan", "ingest", "etl", "map", "cached", "reduce", "publish"):
@@ -242,8 +242,8 @@ def main() -> None:
         moto.wait(timeout=30)
 
 
-def report(mb: int, found: dict[str, Any], cached: dict[str, Any]) -> None:
-    m = found["map"]
+def report(found: dict[str, Any]) -> None:
+    m, cached = found["map"], found["cached"]
     share = found["chunks_bytes"] / m["shards"]
     read = m["get_bytes_by_area"].get("chunks", 0)
     rows = json.loads(m["result"])["rows"]
